@@ -1,0 +1,66 @@
+"""`lbd check`: exit codes and the kubectl-style table, on the shipped configs and a broken one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lbd(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lbd", *args, "--state-dir", str(tmp / "state")],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )
+
+
+def test_check_example_prints_table(tmp_path: Path) -> None:
+    out = lbd("check", "--config", "config/example.yaml", tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    header = out.stdout.splitlines()[0].split()
+    assert header[:3] == ["NAME", "TYPE", "EXTERNAL-IP"]
+    assert "nginx-demo" in out.stdout and "192.168.1.24" in out.stdout
+
+
+def test_check_manifest_directory(tmp_path: Path) -> None:
+    out = lbd("check", "--config", "config/manifests/", tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "EXTERNAL-IP" in out.stdout
+    assert "not exposed" in out.stdout  # the ClusterIP service is listed, not served
+
+
+def test_native_and_manifests_agree_in_json(tmp_path: Path) -> None:
+    native = json.loads(lbd("check", "-o", "json", "--config", "config/example.yaml", tmp=tmp_path).stdout)
+    manifests = json.loads(lbd("check", "-o", "json", "--config", "config/manifests/", tmp=tmp_path).stdout)
+    assert native == manifests
+
+
+def test_check_rejects_bad_port_naming_service_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "pools:\n  - name: p\n    addresses: [10.1.0.0/28]\n"
+        "services:\n  - name: web\n    ports: [{name: http, port: 70000}]\n    endpoints: [10.0.0.1]\n"
+    )
+    out = lbd("check", "--config", str(bad), tmp=tmp_path)
+    assert out.returncode == 1
+    assert "Service default/web" in out.stderr
+    assert "services[0].ports[0].port" in out.stderr
+    assert "70000 is not a port (1-65535)" in out.stderr
+    assert str(bad) in out.stderr
+
+
+def test_pending_service_shows_reason(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "pools:\n  - name: p\n    addresses: [10.1.0.1-10.1.0.1]\n"
+        "services:\n"
+        "  - name: a\n    ports: [{port: 80}]\n    endpoints: [10.0.0.1]\n"
+        "  - name: b\n    ports: [{port: 80}]\n    endpoints: [10.0.0.1]\n"
+    )
+    out = lbd("check", "--config", str(cfg), tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "<pending>" in out.stdout
+    assert "default/b: <pending>:" in out.stdout

@@ -54,3 +54,10 @@ requests_received_total = Counter(
 responses_sent_total = Counter(
     "metallb_layer2_responses_sent_total", "ARP/NDP answers sent for a VIP", ["ip"], registry=REGISTRY
 )
+# lbd's own: MetalLB has no such counter.
+layer2_conflicts_total = Counter(
+    "lbd_layer2_conflicts_total",
+    "ARP/NA frames from another MAC claiming a VIP this node announces",
+    ["ip"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,690 @@
+"""A throwaway layer 2 network of network namespaces: a switch, a client, lbd node(s), backends.
+
+    with Lab() as lab:                       # or: lab = Lab().build(); ...; lab.close()
+        lab.start_backends()                 # lbd/lab/backend.py in every backend namespace
+        lab.exec("client", ["curl", "-s", f"http://{lab.ip('backend-1')}:8080/"])
+        daemon = lab.popen("node", [sys.executable, "-m", "lbd", "run", ...])   # killed on close
+        lab.mac("node"), lab.ip("node"), lab.ip("node", 6), lab.vip(0), lab.vip(0, 6)
+        lab.ping("client", lab.vip(0)), lab.neigh_mac("client", lab.vip(0))
+        with lab.capture("client") as cap: ...; frames = cap.frames   # raw ARP/NDP frames
+
+Topology for run id ab12 and subnet index N (every link lives in the lab's namespaces; nothing
+is created in, or attached to, the host's namespace):
+
+    lbdt-ab12-sw         br0: the switch, ports p-client, p-node, p-backend-1, ...
+    lbdt-ab12-client     eth0  10.77.N.100/24  fd77:0:0:N::100/64
+    lbdt-ab12-node       eth0  10.77.N.2/24    fd77:0:0:N::2/64     (node-2: .3, node-3: .4)
+    lbdt-ab12-backend-1  eth0  10.77.N.11/24   fd77:0:0:N::11/64    (backend-2: .12, ...)
+    VIP pool             10.77.N.200-10.77.N.220 and fd77:0:0:N::200-fd77:0:0:N::220
+
+Files (captures, helper logs) go to `lab.tmpdir`. Cleanup happens on close/`with` exit, when
+the Lab is garbage collected or the interpreter exits (weakref.finalize, atexit), and on
+SIGINT/SIGTERM/SIGHUP (unless the process ignores them); every step tolerates the previous one
+having half happened. An owner record in /run/lbdt/<run id>.json names the builder's pid, so
+`sweep_stale()` removes a crashed run's namespaces and files, and never a live run's.
+
+Run as a script it is also the lab's toolbox (stdlib only, so it starts fast in a namespace):
+    python -m lbd.lab.netlab up        build a lab with backends, print it, wait for Ctrl-C
+    python -m lbd.lab.netlab sweep     remove leftovers of crashed runs
+    python -m lbd.lab.netlab ping DST  one ICMP echo (no ping binary needed)
+    python -m lbd.lab.netlab capture   ARP/NDP frames of one interface to a pcap file
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+PREFIX = "lbdt-"
+OWNER_DIR = Path("/run/lbdt")  # tmpfs like /run/netns: cleared by the same reboot
+NETNS_DIR = Path("/run/netns")  # where `ip netns add` mounts named namespaces
+IFNAME = "eth0"  # every host's interface to the switch
+BRIDGE = "br0"
+COMMAND_TIMEOUT = 10.0  # seconds for one `ip` (or test) command; they take milliseconds
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for lab processes
+READY_TIMEOUT = 10.0  # seconds for a helper process to say READY
+UNOWNED_MIN_AGE = 600.0  # seconds: an lbdt- namespace nobody claims is only swept when older
+CAPTURE_MAX_SECONDS = 60.0  # a capture stops by itself after this, whatever happens
+CAPTURE_MAX_FRAMES = 10_000
+ETH_P_ALL = 0x0003
+ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
+SUBNET4 = "10.77.{n}.0/24"
+SUBNET6 = "fd77:0:0:{n:x}::/64"
+HOST_NUMBERS = {"client": 100, "node": 2}  # node-K: 1 + K; backend-K: 10 + K
+VIP_FIRST, VIP_LAST = 200, 220  # VIP pool host numbers, in both families
+HERE = Path(__file__).resolve().parent
+BACKEND_SCRIPT = HERE / "backend.py"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class LabError(RuntimeError):
+    """A lab command failed; the message has the command and its stderr."""
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One namespace on the lab's switch."""
+
+    name: str  # "client", "node", "backend-1", ...
+    netns: str  # lbdt-<run id>-<name>
+    port: str  # its veth end on the switch (in the switch namespace)
+    ipv4: ipaddress.IPv4Address
+    ipv6: ipaddress.IPv6Address
+
+
+def _run(
+    argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def _netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def _list_netns() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def _process_start(pid: int) -> int | None:
+    """Start time of a live `pid` in clock ticks since boot (/proc/<pid>/stat field 22).
+
+    None when it is gone or a zombie: a killed owner stays a zombie until reaped, and a zombie
+    will never clean up its lab.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, start 22
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM the process group we started, then SIGKILL it after a grace period."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, KILL_GRACE)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _delete_netns(name: str) -> None:
+    """Kill what still runs in the namespace (all started by the lab or its tests), delete it."""
+    if not _netns_exists(name):
+        return
+    pids = _run(["ip", "netns", "pids", name], check=False).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    _run(["ip", "netns", "del", name], check=False)
+
+
+class _Resources:
+    """What one lab owns, kept apart from the Lab so finalizers can run without it."""
+
+    def __init__(self, run_id: str, namespaces: list[str]) -> None:
+        self.run_id = run_id
+        self.namespaces = namespaces
+        self.processes: list[subprocess.Popen[Any]] = []
+        self.owner_file = OWNER_DIR / f"{run_id}.json"
+        self.tmpdir: Path | None = None  # captures and helper logs; removed with the namespaces
+        self.done = False
+        self._busy = False
+        self._lock = threading.RLock()
+
+    def write_owner(self) -> None:
+        OWNER_DIR.mkdir(parents=True, exist_ok=True)
+        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{self.run_id}-"))
+        record = {
+            "pid": os.getpid(),
+            "start": _process_start(os.getpid()),
+            "namespaces": self.namespaces,
+            "tmpdir": str(self.tmpdir),
+        }
+        self.owner_file.write_text(json.dumps(record))
+
+    def teardown(self) -> None:
+        with self._lock:
+            if self.done or self._busy:  # a signal arriving mid-teardown must not start another
+                return
+            self._busy = True
+            try:
+                for proc in self.processes:
+                    with contextlib.suppress(Exception):
+                        _stop_process(proc)
+                for name in reversed(self.namespaces):
+                    with contextlib.suppress(Exception):
+                        _delete_netns(name)
+                if self.tmpdir is not None:
+                    shutil.rmtree(self.tmpdir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    self.owner_file.unlink(missing_ok=True)
+                self.done = True
+                _LIVE.discard(self)
+            finally:
+                self._busy = False
+
+
+_LIVE: set[_Resources] = set()
+_handlers_installed = False
+
+
+def _teardown_all() -> None:
+    for resources in list(_LIVE):
+        resources.teardown()
+
+
+def _install_signal_handlers() -> None:
+    """Tear labs down on SIGINT/SIGTERM/SIGHUP, then do what the previous handler would have."""
+    global _handlers_installed
+    if _handlers_installed or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        previous = signal.getsignal(sig)
+        if previous == signal.SIG_IGN:  # e.g. SIGINT of a background job: the process ignores it
+            continue
+
+        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            _teardown_all()
+            if callable(previous):
+                previous(signum, frame)  # SIGINT: raises KeyboardInterrupt as usual
+            else:  # SIG_DFL (or None: set outside Python): die of the signal as intended
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+        signal.signal(sig, handler)
+    atexit.register(_teardown_all)
+    _handlers_installed = True
+
+
+class Capture:
+    """ARP/NDP frames seen on one host's interface, recorded by a helper in its namespace."""
+
+    def __init__(self, lab: Lab, host: str, ifname: str, ethertypes: Sequence[int]) -> None:
+        self.path = lab.tmpdir / f"capture-{secrets.token_hex(4)}.pcap"
+        types = ",".join(f"0x{t:04x}" for t in ethertypes)
+        self._proc = lab.popen(
+            host,
+            [sys.executable, str(Path(__file__).resolve()), "capture", "--iface", ifname, "--out", str(self.path),
+             "--ethertypes", types],
+            stdout=subprocess.PIPE,
+        )
+        _wait_ready(self._proc, f"capture on {host}")
+        self.frames: list[bytes] = []
+
+    def stop(self) -> list[bytes]:
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(KILL_GRACE)
+            except subprocess.TimeoutExpired:
+                _stop_process(self._proc)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self.frames = read_pcap(self.path) if self.path.exists() else []
+        self.path.unlink(missing_ok=True)
+        return self.frames
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Lab:
+    """A switch namespace with a bridge, and one namespace per host joined to it by a veth pair."""
+
+    def __init__(self, *, backends: int = 3, nodes: int = 1, subnet: int | None = None, run_id: str | None = None):
+        if not 1 <= nodes <= 8 or not 0 <= backends <= 50:
+            raise ValueError("nodes must be 1-8 and backends 0-50")
+        self.run_id = run_id or secrets.token_hex(2)
+        self.subnet_index = subnet if subnet is not None else 1 + secrets.randbelow(254)
+        self.subnet4 = ipaddress.IPv4Network(SUBNET4.format(n=self.subnet_index))
+        self.subnet6 = ipaddress.IPv6Network(SUBNET6.format(n=self.subnet_index))
+        self.switch = f"{PREFIX}{self.run_id}-sw"
+        numbers = dict(HOST_NUMBERS)
+        names = ["client", "node"]
+        for k in range(2, nodes + 1):
+            names.append(f"node-{k}")
+            numbers[f"node-{k}"] = 1 + k
+        for k in range(1, backends + 1):
+            names.append(f"backend-{k}")
+            numbers[f"backend-{k}"] = 10 + k
+        self.hosts: dict[str, Host] = {
+            name: Host(
+                name=name,
+                netns=f"{PREFIX}{self.run_id}-{name}",
+                port=f"p-{name}",
+                ipv4=self._address(4, numbers[name]),  # type: ignore[arg-type]
+                ipv6=self._address(6, numbers[name]),  # type: ignore[arg-type]
+            )
+            for name in names
+        }
+        self._resources = _Resources(self.run_id, [self.switch, *(h.netns for h in self.hosts.values())])
+        self._finalizer = weakref.finalize(self, self._resources.teardown)
+        self.backend_processes: dict[str, subprocess.Popen[Any]] = {}
+
+    # ---- building and tearing down -------------------------------------------------------------
+
+    def build(self) -> Lab:
+        _install_signal_handlers()
+        _LIVE.add(self._resources)
+        self._resources.write_owner()  # before anything exists: a crash from here on is sweepable
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _build(self) -> None:
+        for name in self._resources.namespaces:
+            _run(["ip", "netns", "add", name])
+        # The switch is L2 only: no IPv6 on its ports (no router solicitations, no MLD noise);
+        # no multicast snooping, so solicited-node multicast always floods like on a dumb switch.
+        _run(["ip", "netns", "exec", self.switch, "sysctl", "-q", "-w",
+              "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+        _run(["ip", "-n", self.switch, "-batch", "-"], input=(
+            "link set lo up\n"
+            f"link add {BRIDGE} type bridge stp_state 0 mcast_snooping 0\n"
+            f"link set {BRIDGE} up\n"
+        ))
+        for host in self.hosts.values():
+            # No duplicate address detection and no router solicitations: addresses usable at once.
+            _run(["ip", "netns", "exec", host.netns, "sysctl", "-q", "-w",
+                  "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+                  "net.ipv6.conf.default.router_solicitations=0", "net.ipv6.conf.default.accept_ra=0"])
+            # Created inside the switch namespace with its peer put straight into the host's.
+            _run(["ip", "-n", self.switch, "link", "add", host.port, "type", "veth",
+                  "peer", "name", IFNAME, "netns", host.netns])
+            _run(["ip", "-n", self.switch, "link", "set", host.port, "master", BRIDGE, "up"])
+            _run(["ip", "-n", host.netns, "-batch", "-"], input=(
+                "link set lo up\n"
+                f"addr add {host.ipv4}/{self.subnet4.prefixlen} dev {IFNAME}\n"
+                f"addr add {host.ipv6}/{self.subnet6.prefixlen} dev {IFNAME} nodad\n"
+                f"link set {IFNAME} up\n"
+            ))
+
+    def close(self) -> None:
+        """Kill the lab's processes and delete its namespaces (and so every link in them)."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._resources.done
+
+    @property
+    def tmpdir(self) -> Path:
+        """A directory for this lab's files (captures, logs); removed on close and by sweeps."""
+        if self._resources.tmpdir is None:
+            raise LabError("the lab is not built")
+        return self._resources.tmpdir
+
+    def __enter__(self) -> Lab:
+        return self.build()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- addresses -----------------------------------------------------------------------------
+
+    def _address(self, version: int, number: int) -> IPAddress:
+        if version == 4:
+            return self.subnet4.network_address + number
+        return ipaddress.IPv6Address(f"{self.subnet6.network_address}{number}")  # ::100 reads as .100
+
+    def host(self, name: str) -> Host:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise KeyError(f"no host {name!r} in this lab; hosts are {sorted(self.hosts)}") from None
+
+    def netns(self, host: str) -> str:
+        return self.host(host).netns
+
+    def ip(self, host: str, version: int = 4) -> IPAddress:
+        h = self.host(host)
+        return h.ipv4 if version == 4 else h.ipv6
+
+    def vip(self, index: int = 0, version: int = 4) -> IPAddress:
+        """The index-th address of the VIP pool (.200 up to .220)."""
+        if not 0 <= index <= VIP_LAST - VIP_FIRST:
+            raise IndexError(f"the VIP pool has {VIP_LAST - VIP_FIRST + 1} addresses")
+        return self._address(version, VIP_FIRST + index)
+
+    def vip_range(self, version: int = 4) -> tuple[IPAddress, IPAddress]:
+        return self._address(version, VIP_FIRST), self._address(version, VIP_LAST)
+
+    @property
+    def backends(self) -> list[str]:
+        return [name for name in self.hosts if name.startswith("backend-")]
+
+    def mac(self, host: str, ifname: str = IFNAME) -> str:
+        out = _run(["ip", "-n", self.netns(host), "-j", "link", "show", "dev", ifname]).stdout
+        return str(json.loads(out)[0]["address"])
+
+    def addresses(self, host: str, ifname: str = IFNAME) -> list[dict[str, Any]]:
+        """`ip -j addr` entries of one interface: local, prefixlen, label, ..."""
+        out = _run(["ip", "-n", self.netns(host), "-j", "addr", "show", "dev", ifname]).stdout
+        data = json.loads(out)
+        return list(data[0].get("addr_info", [])) if data else []
+
+    def neigh(self, host: str, address: IPAddress, ifname: str = IFNAME) -> dict[str, Any] | None:
+        out = _run(["ip", "-n", self.netns(host), "-j", "neigh", "show", "to", str(address), "dev", ifname]).stdout
+        entries = json.loads(out) if out.strip() else []
+        return entries[0] if entries else None
+
+    def neigh_mac(self, host: str, address: IPAddress, ifname: str = IFNAME) -> str | None:
+        entry = self.neigh(host, address, ifname)
+        return None if entry is None else entry.get("lladdr")
+
+    def set_neigh(self, host: str, address: IPAddress, mac: str, ifname: str = IFNAME) -> None:
+        """Plant a (stale) neighbour entry, e.g. the old owner of a VIP before a failover."""
+        _run(["ip", "-n", self.netns(host), "neigh", "replace", str(address), "lladdr", mac,
+              "dev", ifname, "nud", "stale"])
+
+    def flush_neigh(self, host: str, ifname: str = IFNAME) -> None:
+        _run(["ip", "-n", self.netns(host), "neigh", "flush", "dev", ifname])
+
+    # ---- processes -----------------------------------------------------------------------------
+
+    def exec(
+        self, host: str, argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT, check: bool = False,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in a host's namespace and wait for it (bounded by `timeout`)."""
+        return _run(["ip", "netns", "exec", self.netns(host), *argv], timeout=timeout, check=check, input=input)
+
+    def popen(self, host: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start a command in a host's namespace; it is killed (its process group) on close."""
+        if self.closed:
+            raise LabError("the lab is closed")
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(["ip", "netns", "exec", self.netns(host), *argv], start_new_session=True, **kwargs)
+        self._resources.processes.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[Any]) -> None:
+        """Stop a process started with popen (SIGTERM, then SIGKILL)."""
+        _stop_process(proc)
+
+    def ping(self, src: str, dst: IPAddress | str, timeout: float = 2.0) -> bool:
+        """One ICMP echo from `src` to `dst`; True if answered within `timeout`."""
+        proc = self.exec(src, [sys.executable, str(Path(__file__).resolve()), "ping", str(dst),
+                               "--timeout", str(timeout)], timeout=timeout + COMMAND_TIMEOUT)
+        return proc.returncode == 0
+
+    def capture(self, host: str, ifname: str = IFNAME, ethertypes: Sequence[int] = (ETH_P_ARP, ETH_P_IPV6)) -> Capture:
+        """Start recording ARP (and IPv6) frames on a host; `.stop()` or `with` returns them."""
+        return Capture(self, host, ifname, ethertypes)
+
+    def start_backends(self, *extra_args: str) -> dict[str, subprocess.Popen[Any]]:
+        """Start lbd/lab/backend.py in every backend namespace and wait until all listen."""
+        started = {}
+        for name in self.backends:
+            if name in self.backend_processes and self.backend_processes[name].poll() is None:
+                continue
+            proc = self.popen(name, [sys.executable, str(BACKEND_SCRIPT), "--name", name, *extra_args],
+                              stdout=subprocess.PIPE)
+            started[name] = proc
+        for name, proc in started.items():
+            _wait_ready(proc, name)
+            self.backend_processes[name] = proc
+        return dict(self.backend_processes)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "switch": self.switch,
+            "subnet": [str(self.subnet4), str(self.subnet6)],
+            "vip_pool": [f"{a}-{b}" for a, b in (self.vip_range(4), self.vip_range(6))],
+            "hosts": {
+                h.name: {"netns": h.netns, "interface": IFNAME, "ipv4": str(h.ipv4), "ipv6": str(h.ipv6)}
+                for h in self.hosts.values()
+            },
+        }
+
+
+def _wait_ready(proc: subprocess.Popen[Any], what: str, timeout: float = READY_TIMEOUT) -> None:
+    """Wait for a helper's READY line on its stdout pipe."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise LabError(f"{what} exited before it was ready (exit code {proc.wait(KILL_GRACE)})")
+        buffer += chunk
+        if b"READY" in buffer:
+            return
+    _stop_process(proc)
+    raise LabError(f"{what} was not ready within {timeout} s")
+
+
+def sweep_stale(prefix: str = PREFIX, *, unowned_min_age: float = UNOWNED_MIN_AGE) -> list[str]:
+    """Remove namespaces of crashed lab runs; returns their names.
+
+    A lab whose owner record names a dead process is removed at once. An `lbdt-` namespace no
+    record claims (another tool's, or a record lost) is only removed when older than
+    `unowned_min_age`, so concurrent test runs on the same machine never sweep each other.
+    """
+    removed: list[str] = []
+    claimed: set[str] = set()
+    for record_file in sorted(OWNER_DIR.glob("*.json")) if OWNER_DIR.is_dir() else []:
+        try:
+            record = json.loads(record_file.read_text())
+            pid, start, names = int(record["pid"]), record.get("start"), list(record["namespaces"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if start is not None and _process_start(pid) == start:
+            claimed.update(names)
+            continue
+        for name in names:
+            if _netns_exists(name):
+                _delete_netns(name)
+                removed.append(name)
+        tmpdir = Path(str(record.get("tmpdir") or ""))
+        if tmpdir.name.startswith(PREFIX) and tmpdir.parent == Path(tempfile.gettempdir()):
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        record_file.unlink(missing_ok=True)
+    now = time.time()
+    for name in _list_netns():
+        if not name.startswith(prefix) or name in claimed or name in removed:
+            continue
+        try:
+            age = now - (NETNS_DIR / name).stat().st_mtime
+        except OSError:
+            continue
+        if age >= unowned_min_age:
+            _delete_netns(name)
+            removed.append(name)
+    return removed
+
+
+# ---- pcap (what `capture` writes) ---------------------------------------------------------------
+
+_PCAP_HEADER = struct.Struct("=IHHiIII")  # magic, major, minor, thiszone, sigfigs, snaplen, linktype
+_PCAP_RECORD = struct.Struct("=IIII")  # seconds, microseconds, captured length, original length
+PCAP_MAGIC = 0xA1B2C3D4
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """SIGTERM us when the process that started us dies (a helper must not outlive its test)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+LINKTYPE_ETHERNET = 1
+
+
+def read_pcap(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    if len(data) < _PCAP_HEADER.size:
+        return []
+    frames, offset = [], _PCAP_HEADER.size
+    while offset + _PCAP_RECORD.size <= len(data):
+        _, _, length, _ = _PCAP_RECORD.unpack_from(data, offset)
+        offset += _PCAP_RECORD.size
+        frames.append(data[offset : offset + length])
+        offset += length
+    return frames
+
+
+# ---- toolbox subcommands (run inside a namespace) -----------------------------------------------
+
+
+def _capture_main(iface: str, out: Path, ethertypes: set[int], max_seconds: float, max_frames: int) -> int:
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    _die_with_parent()
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.bind((iface, ETH_P_ALL))
+    deadline = time.monotonic() + max_seconds
+    count = 0
+    with out.open("wb") as pcap:
+        pcap.write(_PCAP_HEADER.pack(PCAP_MAGIC, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET))
+        pcap.flush()
+        print("READY", flush=True)
+        while not stop and count < max_frames and time.monotonic() < deadline:
+            ready, _, _ = select.select([sock], [], [], 0.05)
+            if not ready:
+                continue
+            frame = sock.recv(65535)
+            if len(frame) < 14 or int.from_bytes(frame[12:14], "big") not in ethertypes:
+                continue
+            now = time.time()
+            pcap.write(_PCAP_RECORD.pack(int(now), int(now % 1 * 1e6), len(frame), len(frame)) + frame)
+            pcap.flush()
+            count += 1
+    return 0
+
+
+def _inet_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _ping_main(destination: str, timeout: float) -> int:
+    """One ICMP/ICMPv6 echo over a raw socket; exit 0 if answered."""
+    address = ipaddress.ip_address(destination)
+    ident, payload = os.getpid() & 0xFFFF, b"lbdt-ping"
+    if address.version == 4:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        request_type, reply_type = 8, 0
+    else:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        request_type, reply_type = 128, 129
+    header = struct.pack("!BBHHH", request_type, 0, 0, ident, 1)
+    if address.version == 4:  # the kernel fills in ICMPv6 checksums itself
+        checksum = _inet_checksum(header + payload)
+        header = struct.pack("!BBHHH", request_type, 0, checksum, ident, 1)
+    sock.sendto(header + payload, (destination, 0))
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            break
+        data, source = sock.recvfrom(2048)
+        if address.version == 4:
+            data = data[(data[0] & 0x0F) * 4 :]  # raw IPv4 sockets include the IP header
+        if len(data) >= 8 and ipaddress.ip_address(source[0].split("%")[0]) == address:
+            kind, _, _, got_ident, _ = struct.unpack_from("!BBHHH", data)
+            if kind == reply_type and got_ident == ident:
+                return 0
+    return 1
+
+
+def _up_main(backends: int, nodes: int, max_seconds: float) -> int:
+    with Lab(backends=backends, nodes=nodes) as lab:
+        lab.start_backends()
+        print(json.dumps(lab.describe(), indent=2), flush=True)
+        print(f"lab {lab.run_id} is up; Ctrl-C removes it", file=sys.stderr, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(max_seconds)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="netlab", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="build a lab with backends, print it, wait for Ctrl-C")
+    up.add_argument("--backends", type=int, default=3)
+    up.add_argument("--nodes", type=int, default=1)
+    up.add_argument("--max-seconds", type=float, default=3600.0)
+    sweep = commands.add_parser("sweep", help="remove namespaces left by crashed runs")
+    sweep.add_argument("--min-age", type=float, default=UNOWNED_MIN_AGE, help="for namespaces nobody claims")
+    ping = commands.add_parser("ping", help="one ICMP echo")
+    ping.add_argument("destination")
+    ping.add_argument("--timeout", type=float, default=2.0)
+    capture = commands.add_parser("capture", help="record frames of some EtherTypes to a pcap file")
+    capture.add_argument("--iface", default=IFNAME)
+    capture.add_argument("--out", type=Path, required=True)
+    capture.add_argument("--ethertypes", default=f"0x{ETH_P_ARP:04x},0x{ETH_P_IPV6:04x}")
+    capture.add_argument("--max-seconds", type=float, default=CAPTURE_MAX_SECONDS)
+    capture.add_argument("--max-frames", type=int, default=CAPTURE_MAX_FRAMES)
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        return _up_main(args.backends, args.nodes, args.max_seconds)
+    if args.command == "sweep":
+        for name in sweep_stale(unowned_min_age=args.min_age):
+            print(f"removed {name}")
+        return 0
+    if args.command == "ping":
+        return _ping_main(args.destination, args.timeout)
+    types = {int(t, 0) for t in args.ethertypes.split(",") if t}
+    return _capture_main(args.iface, args.out, types, args.max_seconds, args.max_frames)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

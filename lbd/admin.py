@@ -1,0 +1,123 @@
+"""Admin API: a tiny HTTP/1.0 JSON API on a unix socket (mode 0600; no TCP port for control).
+
+HTTP so that operators can also use `curl --unix-socket /run/lbd/admin.sock http://lbd/v1/services`.
+The server only moves bytes: the daemon hands it a table of routes (path -> callable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger()
+
+DEFAULT_ADMIN_SOCKET = Path("/run/lbd/admin.sock")
+MAX_REQUEST_BYTES = 8192  # request line + headers; the API takes no bodies
+REQUEST_TIMEOUT = 5.0
+
+Handler = Callable[[], Awaitable[Any]]
+
+
+class AdminServer:
+    """Serves GET routes as JSON and POST routes as actions, one request per connection."""
+
+    def __init__(self, path: Path, routes: Mapping[tuple[str, str], Handler]) -> None:
+        self.path = path
+        self.routes = routes
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a socket left by a crashed daemon
+        old_umask = os.umask(0o177)  # created 0600: no window where others could connect
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        log.info("admin_listening", socket=str(self.path))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            if len(head) > MAX_REQUEST_BYTES:
+                raise ValueError("request too large")
+            method, path, _ = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
+            handler = self.routes.get((method, path.split("?", 1)[0]))
+            if handler is None:
+                status, body = 404, {"error": f"no route {method} {path}"}
+            else:
+                try:
+                    status, body = 200, await handler()
+                except Exception as exc:  # an API error must not take the daemon down
+                    log.exception("admin_handler_failed", path=path)
+                    status, body = 500, {"error": str(exc)}
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError):
+            status, body = 400, {"error": "bad request"}
+        payload = json.dumps(body, indent=1).encode()
+        reason = http.client.responses.get(status, "")
+        writer.write(
+            f"HTTP/1.0 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+            + payload
+        )
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+
+class AdminUnavailable(Exception):
+    """No daemon answers on the socket."""
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("lbd", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+def request(path: Path, method: str, route: str, timeout: float = 10.0) -> Any:
+    """Call the daemon's admin API; raises AdminUnavailable with a message a user can act on."""
+    conn = _UnixHTTPConnection(path, timeout)
+    try:
+        conn.request(method, route)
+        resp = conn.getresponse()
+        body = json.loads(resp.read() or b"null")
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise AdminUnavailable(
+            f"no lbd daemon answers on {path} ({exc.strerror}); is `lbd run` running? "
+            "Use --admin-socket to point at another socket."
+        ) from exc
+    except PermissionError as exc:
+        raise AdminUnavailable(f"cannot open {path}: permission denied (the socket is 0600; run as root)") from exc
+    except (OSError, http.client.HTTPException, json.JSONDecodeError) as exc:
+        raise AdminUnavailable(f"the daemon on {path} did not answer properly: {exc}") from exc
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise AdminUnavailable(f"the daemon answered {resp.status}: {body.get('error') if body else ''}")
+    return body

@@ -1,0 +1,138 @@
+"""`lbd run | check | get services | demo`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lbd import log as lbd_log
+
+DEFAULT_ADMIN_SOCKET = "/run/lbd/admin.sock"
+DEFAULT_STATE_DIR = "/var/lib/lbd"
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", "-c", action="append", required=True, metavar="PATH",
+        help="config file or directory of *.yaml (repeatable): native lbd format or Kubernetes/MetalLB manifests",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lbd", description="L4 load balancer daemon: MetalLB-style VIPs, kube-proxy-style relay")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    _add_config(run)
+    run.add_argument("--node-name", default=socket.gethostname(), help="this node's name (externalTrafficPolicy: Local)")
+    run.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where sticky VIP assignments are kept")
+    run.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, help="unix socket of the admin API (mode 0600)")
+    run.add_argument("--metrics-address", metavar="HOST:PORT", help="serve Prometheus metrics here (off by default)")
+    run.add_argument("--log-format", choices=["json", "console", "auto"], default="auto")
+    run.add_argument("--drain-timeout", type=float, default=30.0, help="seconds established connections get on stop")
+    run.add_argument("--connect-timeout", type=float, default=2.0, help="seconds per endpoint connect attempt")
+    run.add_argument("--garp-rounds", type=int, default=5, help="gratuitous ARP rounds per VIP")
+    run.add_argument("--garp-interval", type=float, default=1.1, help="seconds between gratuitous ARP rounds")
+    run.add_argument("--garp-refresh", type=float, default=None, help="re-announce every N seconds (off by default)")
+
+    check = sub.add_parser("check", help="validate the config and show what each service would get")
+    _add_config(check)
+    check.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="read sticky assignments from here, if present")
+    check.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    get = sub.add_parser("get", help="show what the running daemon serves")
+    get.add_argument("resource", choices=["services", "service", "svc"])
+    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    get.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET)
+
+    demo = sub.add_parser("demo", help="build a throwaway lab of network namespaces and show lbd at work")
+    demo.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from lbd import config, state
+    from lbd.allocator import allocate
+    from lbd.config.errors import ConfigInvalid
+    from lbd.status import render_table, statuses
+
+    try:
+        loaded = config.load(args.config)
+    except ConfigInvalid as exc:
+        for err in exc.errors:
+            print(f"error: {err}", file=sys.stderr)
+        print(f"{len(exc.errors)} error(s); config is not valid", file=sys.stderr)
+        return 1
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    previous = state.load_assignments(Path(args.state_dir))
+    allocation = allocate(loaded.model.pools, loaded.model.services, previous)
+    rows = statuses(loaded.model.services, allocation.assignments)
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(render_table(rows))
+        print(f"config OK: {len(loaded.sources)} file(s), {len(loaded.model.pools)} pool(s), "
+              f"{len(loaded.model.services)} service(s)")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from lbd.admin import AdminUnavailable, request
+    from lbd.status import render_table
+
+    try:
+        rows = request(Path(args.admin_socket), "GET", "/v1/services")
+    except AdminUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(rows, indent=2) if args.output == "json" else render_table(rows))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lbd.daemon import DaemonOptions, parse_host_port, run_daemon
+    from lbd.loop import run
+
+    lbd_log.configure(args.log_format)
+    metrics_address = None
+    if args.metrics_address:
+        try:
+            metrics_address = parse_host_port(args.metrics_address)
+        except ValueError:
+            print(f"error: --metrics-address {args.metrics_address!r} is not HOST:PORT", file=sys.stderr)
+            return 2
+    options = DaemonOptions(
+        config_paths=tuple(args.config),
+        node_name=args.node_name,
+        state_dir=Path(args.state_dir),
+        admin_socket=Path(args.admin_socket) if args.admin_socket else None,
+        metrics_address=metrics_address,
+        drain_timeout=args.drain_timeout,
+        connect_timeout=args.connect_timeout,
+        garp_rounds=args.garp_rounds,
+        garp_interval=args.garp_interval,
+        garp_refresh=args.garp_refresh,
+    )
+    return run(run_daemon(options))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lbd.demo import main as demo_main
+
+    return demo_main()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "run":
+        lbd_log.configure("console", level=40)  # quiet: commands print their own results
+    handlers = {"run": cmd_run, "check": cmd_check, "get": cmd_get, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130

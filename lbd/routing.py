@@ -1,0 +1,69 @@
+"""ServiceRouter: the Router a relay asks for targets; glues Balancer + PassiveHealth + a clock.
+
+The only impure thing here is the clock (injected, `time.monotonic` by default) and the log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+
+import structlog
+
+from lbd.balancer import Balancer, Target, format_target
+from lbd.health.passive import PassiveHealth
+
+log = structlog.get_logger("lbd.routing")
+
+
+class ServiceRouter:
+    """Picks targets for one service port: balancer order, minus tried and passively-ejected targets."""
+
+    __slots__ = ("balancer", "passive", "service", "port", "_clock")
+
+    def __init__(
+        self,
+        balancer: Balancer,
+        passive: PassiveHealth,
+        clock: Callable[[], float] = time.monotonic,
+        service: str = "ns/name",
+        port: int | str = 80,
+    ) -> None:
+        self.balancer = balancer
+        self.passive = passive
+        self.service = service
+        self.port = port
+        self._clock = clock
+
+    def update(self, targets: Sequence[Target]) -> None:
+        """New READY targets (endpoint churn or active health): keeps rotation and affinity."""
+        self.balancer.update(targets)
+        self.passive.retain(frozenset(targets))
+
+    def pick(self, client_ip: str, tried: Collection[Target]) -> Target | None:
+        """Each target at most once per client connection; ejected ones only when nothing else is left."""
+        now = self._clock()
+        ejected = self.passive.ejected(now)
+        if not ejected:
+            return self.balancer.pick(client_ip, now, tried)
+        target = self.balancer.pick(client_ip, now, ejected.union(tried))
+        if target is None:  # everything untried is ejected: try those anyway, a client sees no error
+            target = self.balancer.pick(client_ip, now, tried)
+        return target
+
+    def connect_failed(self, target: Target, reason: str) -> None:
+        ejection = self.passive.failed(target, self._clock(), reason)
+        if ejection is not None:
+            log.warning(
+                "endpoint_ejected",
+                service=self.service,
+                port=self.port,
+                target=format_target(target),
+                reason=str(reason),
+                fails=ejection.fails,
+                seconds=self.passive.fail_timeout,
+            )
+
+    def connected(self, target: Target) -> None:
+        if self.passive.succeeded(target):
+            log.info("endpoint_recovered", service=self.service, port=self.port, target=format_target(target))

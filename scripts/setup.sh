@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what lbd needs on a fresh Debian machine (run as root): system packages, then a venv
+# in .venv with lbd and its test extra. Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(python3 python3-venv python3-pip iproute2 iputils-ping curl netcat-openbsd procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
+.venv/bin/python -c 'import lbd, uvloop, pyroute2, yaml, structlog, pytest, hypothesis' \
+  || { echo "setup: the venv is incomplete" >&2; exit 1; }

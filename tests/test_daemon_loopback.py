@@ -1,0 +1,238 @@
+"""`lbd run` end to end on loopback: a real daemon process, real clients, real backends.
+
+Loopback VIPs (127.0.0.0/8) need no address and no ARP, so these run without root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+LBD = [sys.executable, "-m", "lbd"]
+STARTUP_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NameServer:
+    """A TCP backend that answers every connection with its name, then echoes until EOF."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.accepted += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(20)
+            try:
+                conn.sendall(self.name.encode() + b"\n")
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+
+@pytest.fixture
+def backends() -> Iterator[list[NameServer]]:
+    servers = [NameServer(f"backend-{i}") for i in range(3)]
+    yield servers
+    for s in servers:
+        s.close()
+
+
+class Daemon:
+    def __init__(self, tmp: Path, config_text: str) -> None:
+        self.tmp = tmp
+        self.config = tmp / "lbd.yaml"
+        self.config.write_text(config_text)
+        self.socket = tmp / "admin.sock"
+        self.state = tmp / "state"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "lbd.log"
+
+    def start(self, *extra: str) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        self.proc = subprocess.Popen(
+            [*LBD, "run", "--config", str(self.config), "--state-dir", str(self.state),
+             "--admin-socket", str(self.socket), "--log-format", "json", *extra],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), start_new_session=True,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"lbd exited {self.proc.returncode}: {self.log.read_text()}")
+            if b'"ready"' in self.log.read_bytes()[offset:]:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"lbd did not become ready: {self.log.read_text()}")
+
+    def get(self) -> list[dict]:
+        out = subprocess.run([*LBD, "get", "services", "-o", "json", "--admin-socket", str(self.socket)],
+                             capture_output=True, timeout=10, check=True)
+        return json.loads(out.stdout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator:
+    made: list[Daemon] = []
+
+    def make(text: str) -> Daemon:
+        d = Daemon(tmp_path, text)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.proc is not None and d.proc.poll() is None:
+            os.killpg(d.proc.pid, signal.SIGKILL)
+            d.proc.wait(5)
+
+
+def config_for(backends: list[NameServer], port: int, affinity: str = "None") -> str:
+    eps = ", ".join(f'"127.0.0.1:{b.port}"' for b in backends)
+    return f"""
+pools:
+  - name: local
+    addresses: [127.0.0.240-127.0.0.250]
+services:
+  - name: web
+    sessionAffinity: {affinity}
+    ports: [{{name: http, port: {port}, protocol: TCP}}]
+    endpoints: [{eps}]
+  - name: web2
+    ports: [{{name: tcp, port: {port}, protocol: TCP}}]
+    endpoints: [{eps}]
+"""
+
+
+def hello(ip: str, port: int) -> str:
+    with socket.create_connection((ip, port), timeout=5) as c:
+        return c.makefile().readline().strip()
+
+
+def test_round_robin_status_and_sticky_restart(daemon_factory, backends) -> None:
+    port = free_port()
+    d = daemon_factory(config_for(backends, port))
+    d.start()
+    rows = {r["name"]: r for r in d.get()}
+    assert rows["web"]["externalIP"] == "127.0.0.240"  # lowest free address of the pool
+    assert rows["web2"]["externalIP"] == "127.0.0.241"
+    assert rows["web"]["pending_reason"] is None
+    assert [e["ready"] for e in rows["web"]["endpoints"]] == [True, True, True]
+    names = [hello("127.0.0.240", port) for _ in range(6)]
+    assert sorted(names) == sorted([f"backend-{i}" for i in range(3)] * 2)
+    assert names[:3] == names[3:]  # round-robin: same order every cycle
+    table = subprocess.run([*LBD, "get", "services", "--admin-socket", str(d.socket)],
+                           capture_output=True, text=True, timeout=10, check=True).stdout
+    assert "EXTERNAL-IP" in table and "127.0.0.240" in table and "3/3" in table
+    assert d.stop() == 0
+
+    # Restart with "web" removed: "web2" keeps its VIP (sticky), web's is released.
+    d.config.write_text(config_for(backends, port).split("  - name: web2")[0].replace("name: web", "name: web2"))
+    d.start()
+    rows = {r["name"]: r for r in d.get()}
+    assert rows["web2"]["externalIP"] == "127.0.0.241"
+    with pytest.raises(OSError):
+        hello("127.0.0.240", port)
+    assert d.stop() == 0
+
+
+def test_client_ip_affinity(daemon_factory, backends) -> None:
+    port = free_port()
+    d = daemon_factory(config_for(backends, port, affinity="ClientIP"))
+    d.start()
+    assert len({hello("127.0.0.240", port) for _ in range(5)}) == 1
+    assert d.stop() == 0
+
+
+def test_sigterm_drains_established_connection(daemon_factory, backends) -> None:
+    port = free_port()
+    d = daemon_factory(config_for(backends, port))
+    d.start("--drain-timeout", "10")
+    with socket.create_connection(("127.0.0.240", port), timeout=5) as c:
+        reader = c.makefile("rb")
+        assert reader.readline().startswith(b"backend-")
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # New connections are refused while the established one still relays both ways.
+        with pytest.raises(OSError):
+            hello("127.0.0.240", port)
+        c.sendall(b"still here\n")
+        assert reader.readline() == b"still here\n"
+        assert d.proc.poll() is None
+    assert d.proc.wait(10) == 0
+
+
+def test_sigterm_aborts_after_drain_timeout(daemon_factory, backends) -> None:
+    port = free_port()
+    d = daemon_factory(config_for(backends, port))
+    d.start("--drain-timeout", "1")
+    with socket.create_connection(("127.0.0.240", port), timeout=5) as c:
+        assert c.makefile("rb").readline().startswith(b"backend-")
+        started = time.monotonic()
+        assert d.stop() == 0
+        assert time.monotonic() - started < 5
+        c.settimeout(5)
+        try:
+            closed = c.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        assert closed, "lbd must close connections left after the drain timeout"
+
+
+def test_get_without_daemon_says_so(tmp_path: Path) -> None:
+    out = subprocess.run([*LBD, "get", "services", "--admin-socket", str(tmp_path / "none.sock")],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1
+    assert "no lbd daemon answers" in out.stderr
+
+
+def test_admin_socket_is_private(daemon_factory, backends) -> None:
+    d = daemon_factory(config_for(backends, free_port()))
+    d.start()
+    assert (d.socket.stat().st_mode & 0o777) == 0o600
+    assert d.stop() == 0

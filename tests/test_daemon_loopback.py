@@ -236,3 +236,31 @@ def test_admin_socket_is_private(daemon_factory, backends) -> None:
     d.start()
     assert (d.socket.stat().st_mode & 0o777) == 0o600
     assert d.stop() == 0
+
+
+def test_metrics_are_served_and_count(daemon_factory, backends) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port, metrics_port = free_port(), free_port()
+    d = daemon_factory(config_for(backends, port))
+    d.start("--metrics-address", f"127.0.0.1:{metrics_port}")
+    for _ in range(4):
+        hello("127.0.0.240", port)
+    key = ("lbd_connections_total", (("port", "http"), ("service", "default/web")))
+    deadline = time.monotonic() + 10  # the data plane flushes its plain-int counters every few seconds
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        if samples.get(key) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert samples[key] == 4
+    assert samples[("metallb_allocator_addresses_in_use_total", (("pool", "local"),))] == 2
+    assert samples[("metallb_allocator_addresses_total", (("pool", "local"),))] == 11
+    assert d.stop() == 0

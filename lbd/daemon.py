@@ -78,12 +78,12 @@ class ServiceRuntime:
 class Daemon:
     """Holds the running state; only `apply`, `reload` and `shutdown` change it."""
 
-    def __init__(self, options: DaemonOptions, announcer: Announcer | None = None) -> None:
+    def __init__(self, options: DaemonOptions, announcer: Announcer) -> None:
         self.options = options
         self.model = Model()
         self.allocation: Allocation | None = None
         self.services: dict[str, ServiceRuntime] = {}
-        self.announcer = announcer  # built in start() from the model's interfaces unless injected
+        self.announcer = announcer
         self._bound_vips: set[IPAddress] = set()
         self._announced_vips: set[IPAddress] = set()
         self._releases: set[asyncio.Task[None]] = set()
@@ -96,21 +96,12 @@ class Daemon:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self, model: Model) -> None:
-        if self.announcer is None:
-            self.announcer = Announcer(
-                model.interfaces,
-                garp_rounds=self.options.garp_rounds,
-                garp_interval=self.options.garp_interval,
-                refresh_interval=self.options.garp_refresh,
-            )
         await self.announcer.start()
         previous = state.load_assignments(self.options.state_dir)
         allocation = allocate(model.pools, model.services, previous)
         # Crash leftovers go before anything is bound; wanted addresses stay (no gap in service).
         wanted = {a.ip for a in allocation.assignments.values() if a.ip is not None and not is_loopback(a.ip)}
-        removed = await self.announcer.reconcile(wanted)
-        for ip in removed:
-            log.info("stale_vip_removed", ip=str(ip))
+        await self.announcer.reconcile(wanted)  # logs stale_vip_removed per address
         await self.apply(model, allocation=allocation)
         if self.options.admin_socket is not None:
             self._admin = AdminServer(self.options.admin_socket, self._routes())
@@ -334,7 +325,13 @@ async def run_daemon(options: DaemonOptions) -> int:
         return 1
     for warning in loaded.warnings:
         log.warning("config_warning", warning=str(warning))
-    daemon = Daemon(options)
+    announcer = Announcer(
+        loaded.model.interfaces,
+        garp_rounds=options.garp_rounds,
+        garp_interval=options.garp_interval,
+        refresh_interval=options.garp_refresh,
+    )
+    daemon = Daemon(options, announcer)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

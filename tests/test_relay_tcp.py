@@ -30,6 +30,7 @@ from lbd.health.passive import PassiveHealth
 from lbd.model import SessionAffinity
 from lbd.relay import ConnectFailure
 from lbd.relay import tcp
+from lbd.relay.splice import SplicePump
 from lbd.relay.tcp import BurstLog, RelayOptions, TcpListener
 from lbd.routing import ServiceRouter
 
@@ -190,14 +191,42 @@ async def started(router: Any, options: RelayOptions | None = None, host: str = 
 # -- the tests --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loop_kind,total", [("uvloop", 100 * 2**20), ("asyncio", 16 * 2**20)])
-def test_bulk_both_ways_at_once_exact_bytes(loop_kind: str, total: int) -> None:
+class PumpSpy:
+    """Counts relays that moved to splice (and lets a test refuse the pipes)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, refuse: bool = False) -> None:
+        self.taken = 0
+        take_over = SplicePump.take_over.__func__  # type: ignore[attr-defined]
+
+        def spy(cls: type[SplicePump], *args: Any, **kwargs: Any) -> SplicePump | None:
+            if refuse:
+                return None
+            pump = take_over(cls, *args, **kwargs)
+            self.taken += pump is not None
+            return pump
+
+        monkeypatch.setattr(SplicePump, "take_over", classmethod(spy))
+
+
+@pytest.mark.parametrize(
+    "loop_kind,total,splice_after",
+    [
+        ("uvloop", 100 * 2**20, 2**20),  # the default: Protocols first, splice after 1 MiB
+        ("uvloop", 32 * 2**20, None),  # Protocols all the way
+        ("asyncio", 16 * 2**20, 2**20),
+        ("asyncio", 8 * 2**20, None),
+    ],
+)
+def test_bulk_both_ways_at_once_exact_bytes(
+    loop_kind: str, total: int, splice_after: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = PumpSpy(monkeypatch)
     got_at_backend: list[tuple[str, int]] = []
     backend = Backend(lambda conn: got_at_backend.append(send_and_hash(conn, 2, total)))
     router = RecordingRouter([backend.target])
 
     async def main() -> tuple[str, int]:
-        listener = await started(router)
+        listener = await started(router, RelayOptions(splice_after=splice_after))
         try:
             c = connect(listener)
             with c:
@@ -213,6 +242,69 @@ def test_bulk_both_ways_at_once_exact_bytes(loop_kind: str, total: int) -> None:
     assert not backend.errors
     assert got_at_backend == [(expected_hash(1, total), total)]
     assert at_client == (expected_hash(2, total), total)
+    assert spy.taken == (splice_after is not None)
+
+
+def test_bulk_stays_on_protocols_when_pipes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    PumpSpy(monkeypatch, refuse=True)  # as when the user's pipe budget is spent
+    total = 8 * 2**20
+    got_at_backend: list[tuple[str, int]] = []
+    backend = Backend(lambda conn: got_at_backend.append(send_and_hash(conn, 4, total)))
+    router = RecordingRouter([backend.target])
+
+    async def main() -> tuple[str, int]:
+        listener = await started(router, RelayOptions(splice_after=2**16))
+        try:
+            with connect(listener) as c:
+                return await asyncio.to_thread(send_and_hash, c, 3, total)
+        finally:
+            listener.stop_accepting()
+            await listener.drain(1)
+
+    try:
+        at_client = run(main)
+    finally:
+        backend.close()
+    assert got_at_backend == [(expected_hash(3, total), total)]
+    assert at_client == (expected_hash(4, total), total)
+
+
+@pytest.mark.parametrize("splice_after", [2**20, None])
+def test_half_close_both_orders_after_bulk(splice_after: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each side sends 3 MiB then half-closes: EOFs cross the Protocol->splice switch intact."""
+    spy = PumpSpy(monkeypatch)
+    big = 3 * 2**20
+
+    def backend_replies_after_eof(conn: socket.socket) -> None:
+        got = recv_all(conn)
+        conn.sendall(hashlib.sha256(got).digest() * (big // 32))
+        conn.shutdown(socket.SHUT_WR)
+
+    backend = Backend(backend_replies_after_eof)
+    router = RecordingRouter([backend.target])
+
+    async def main() -> bytes:
+        listener = await started(router, RelayOptions(splice_after=splice_after))
+
+        def client() -> bytes:
+            with connect(listener) as c:
+                c.sendall(b"q" * big)
+                c.shutdown(socket.SHUT_WR)
+                return recv_all(c)
+
+        try:
+            return await asyncio.to_thread(client)
+        finally:
+            listener.stop_accepting()
+            await listener.drain(1)
+
+    try:
+        reply = run(main)
+    finally:
+        backend.close()
+    assert not backend.errors
+    assert reply == hashlib.sha256(b"q" * big).digest() * (big // 32)
+    assert spy.taken == (splice_after is not None)
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
@@ -241,12 +333,13 @@ def test_half_close_client_still_reads_reply(loop_kind: str) -> None:
         backend.close()
 
 
-def test_half_close_backend_first_other_direction_keeps_flowing() -> None:
+@pytest.mark.parametrize("banner", [b"banner\n", b"B" * 3 * 2**20])
+def test_half_close_backend_first_other_direction_keeps_flowing(banner: bytes) -> None:
     def backend_closes_first(conn: socket.socket) -> None:
-        conn.sendall(b"banner\n")
+        conn.sendall(banner)
         conn.shutdown(socket.SHUT_WR)
         got = recv_all(conn)
-        assert got == b"x" * 200_000
+        assert got == b"x" * 3 * 2**20
         # Our write side is shut: the reply travels as the client's read EOF, nothing else.
 
     backend = Backend(backend_closes_first)
@@ -258,7 +351,7 @@ def test_half_close_backend_first_other_direction_keeps_flowing() -> None:
         def client() -> bytes:
             with connect(listener) as c:
                 banner = recv_all(c)  # EOF from the backend arrives as EOF here
-                c.sendall(b"x" * 200_000)  # and we can still send
+                c.sendall(b"x" * 3 * 2**20)  # and we can still send (a big banner moved us to splice)
                 c.shutdown(socket.SHUT_WR)
                 return banner
 
@@ -269,7 +362,7 @@ def test_half_close_backend_first_other_direction_keeps_flowing() -> None:
             await listener.drain(2)
 
     try:
-        assert run(main) == b"banner\n"
+        assert run(main) == banner
     finally:
         backend.close()
     assert not backend.errors
@@ -712,7 +805,9 @@ SLOW_READER_CHILD = textwrap.dedent(
         def connected(self, target): pass
 
     async def main():
-        listener = TcpListener("127.0.0.1", 0, Fixed(), RelayOptions(), "test/slow", "80")
+        splice_after = None if sys.argv[2] == "none" else int(sys.argv[2])
+        options = RelayOptions(splice_after=splice_after)
+        listener = TcpListener("127.0.0.1", 0, Fixed(), options, "test/slow", "80")
         await listener.start()
         print(listener.port, flush=True)
         await asyncio.sleep(60)
@@ -730,7 +825,8 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def test_slow_reader_keeps_lbd_rss_bounded() -> None:
+@pytest.mark.parametrize("splice_after", ["1048576", "none"])
+def test_slow_reader_keeps_lbd_rss_bounded(splice_after: str) -> None:
     total = 200 * 2**20
     stall = threading.Event()
     received: list[int] = []
@@ -748,7 +844,7 @@ def test_slow_reader_keeps_lbd_rss_bounded() -> None:
 
     backend = Backend(slow_then_fast)
     child = subprocess.Popen(
-        [sys.executable, "-c", SLOW_READER_CHILD, str(backend.target[1])],
+        [sys.executable, "-c", SLOW_READER_CHILD, str(backend.target[1]), splice_after],
         stdout=subprocess.PIPE,
         text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -836,3 +932,96 @@ def test_retry_passes_tried_targets_and_client_ip() -> None:
 
     run(main)
     assert router.picks == [(), (a,), (a, b)]
+
+
+def test_spliced_relay_passes_backend_rst_to_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = PumpSpy(monkeypatch)
+    delivered = threading.Event()
+    total = 3 * 2**20
+
+    def bulk_then_rst(conn: socket.socket) -> None:
+        conn.sendall(b"d" * total)
+        delivered.wait(IO_TIMEOUT)  # a RST may drop bytes still in flight: send it after delivery
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    backend = Backend(bulk_then_rst)
+    router = RecordingRouter([backend.target])
+
+    async def main() -> int:
+        listener = await started(router)
+
+        def client() -> int:
+            n = 0
+            with connect(listener) as c:
+                with pytest.raises(ConnectionResetError):
+                    while data := c.recv(CHUNK):
+                        n += len(data)
+                        if n == total:
+                            delivered.set()
+            return n
+
+        try:
+            return await asyncio.to_thread(client)
+        finally:
+            listener.stop_accepting()
+            await listener.drain(1)
+
+    try:
+        received = run(main)
+    finally:
+        backend.close()
+    assert spy.taken == 1
+    assert received == total
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_spliced_relay_idles_out_and_drains(loop_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = PumpSpy(monkeypatch)
+
+    def swallow(conn: socket.socket) -> None:
+        recv_all(conn)
+
+    backend = Backend(swallow)
+    router = RecordingRouter([backend.target])
+
+    async def main() -> tuple[float, str, int]:
+        idle = await started(router, RelayOptions(idle_timeout=0.4))
+        tunnel = await started(router)  # no idle timeout: only drain ends it
+
+        def goes_idle() -> float:
+            with connect(idle) as c:
+                c.sendall(b"u" * 2 * 2**20)
+                t0 = time.monotonic()
+                assert recv_all(c) == b""  # lbd closes the idle relay: EOF
+                return time.monotonic() - t0
+
+        def stays() -> str:
+            with connect(tunnel) as c:
+                c.sendall(b"v" * 2 * 2**20)
+                try:
+                    c.recv(1)
+                    return "eof"
+                except ConnectionResetError:
+                    return "rst"
+
+        stays_task = asyncio.create_task(asyncio.to_thread(stays))
+        try:
+            took = await asyncio.to_thread(goes_idle)
+            for _ in range(200):
+                if tunnel.active and all(r.pump is not None for r in tunnel.relays):
+                    break
+                await asyncio.sleep(0.01)
+            tunnel.stop_accepting()
+            aborted = await tunnel.drain(0.2)
+            return took, await stays_task, aborted
+        finally:
+            idle.stop_accepting()
+            await idle.drain(1)
+
+    try:
+        took, stays_result, aborted = run(main, loop_kind)
+    finally:
+        backend.close()
+    assert spy.taken == 2
+    assert 0.35 < took < 1.5
+    assert (stays_result, aborted) == ("rst", 1)

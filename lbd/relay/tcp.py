@@ -568,6 +568,8 @@ class TcpListener:
         self._sock: socket.socket | None = None
         self._no_endpoint_log = BurstLog()
         self._next_keepalive_scan = 0.0
+        # Sticky: some relay may carry an idle timeout (relays keep the options they started with).
+        self._idle_timeouts = options.idle_timeout is not None
         # Counters as plain ints, flushed into Prometheus by flush_metrics().
         self.accepted = 0
         self.bytes_up = 0
@@ -641,6 +643,7 @@ class TcpListener:
     def set_options(self, options: RelayOptions) -> None:
         """New options for new connections (established relays keep theirs)."""
         old, self.options = self.options, options
+        self._idle_timeouts |= options.idle_timeout is not None
         if self._sock is not None and old.keepalive != options.keepalive:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(options.keepalive))
 
@@ -704,6 +707,9 @@ class TcpListener:
         keepalive_scan = now >= self._next_keepalive_scan
         if keepalive_scan:
             self._next_keepalive_scan = now + KEEPALIVE_SCAN_SECONDS
+        elif not self._idle_timeouts:
+            self._rearm_housekeeping(period, changed)
+            return  # nothing to look at per relay this round
         for relay in list(self.relays):
             if relay.peer is None:
                 continue  # connecting: the watchdog's business
@@ -715,7 +721,10 @@ class TcpListener:
             limit = relay.options.idle_timeout
             if limit is not None:
                 self._idle_check(relay, limit, period)
-        if self.relays or changed:
+        self._rearm_housekeeping(period, changed)
+
+    def _rearm_housekeeping(self, period: float, changed: bool) -> None:
+        if self.relays or changed:  # runs while there is anything to watch or flush
             self.housekeeping = self.loop.call_later(period, self._housekeep)
 
     @staticmethod

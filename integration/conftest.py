@@ -34,6 +34,8 @@ def _why_not_runnable() -> str | None:
 
 
 SKIP_REASON = _why_not_runnable()
+if SKIP_REASON is not None and os.environ.get("LBD_REQUIRE_INTEGRATION") == "1":
+    raise pytest.UsageError(f"LBD_REQUIRE_INTEGRATION=1 but {SKIP_REASON}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import socket
+import stat
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,7 @@ class AdminServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # a socket left by a crashed daemon
+        self._remove_stale_socket()
         old_umask = os.umask(0o177)  # created 0600: no window where others could connect
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
@@ -46,6 +46,27 @@ class AdminServer:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
         log.info("admin_listening", socket=str(self.path))
+
+    def _remove_stale_socket(self) -> None:
+        """Take over a socket left by a crashed daemon; never a live daemon's, never a file."""
+        try:
+            mode = self.path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise OSError(f"{self.path} exists and is not a socket; choose another --admin-socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(str(self.path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            self.path.unlink(missing_ok=True)
+            return
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        raise OSError(f"another lbd daemon answers on {self.path}; stop it or choose another --admin-socket")
 
     async def close(self) -> None:
         if self._server is not None:
@@ -72,6 +93,9 @@ class AdminServer:
                     status, body = 500, {"error": str(exc)}
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError):
             status, body = 400, {"error": "bad request"}
+        except OSError:  # the client went away
+            writer.close()
+            return
         payload = json.dumps(body, indent=1).encode()
         reason = http.client.responses.get(status, "")
         writer.write(
@@ -79,7 +103,7 @@ class AdminServer:
             f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
             + payload
         )
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(OSError):
             await writer.drain()
         writer.close()
 

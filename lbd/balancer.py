@@ -135,14 +135,14 @@ class _ClientIPAffinity:
                 pins[client_ip] = (target, now)
                 pins.move_to_end(client_ip)
                 return target
-        target = rr.pick(exclude)  # new client, or its target is gone/failed: re-balance
-        if target is None:
+        fresh = rr.pick(exclude)  # new client, or its target is gone/failed: re-balance
+        if fresh is None:
             return None
-        pins[client_ip] = (target, now)
+        pins[client_ip] = (fresh, now)
         pins.move_to_end(client_ip)
         if len(pins) > self._max:
             pins.popitem(last=False)
-        return target
+        return fresh
 
     def __len__(self) -> int:
         return len(self._pins)

@@ -22,6 +22,20 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be > 0")
+    return number
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lbd", description="L4 load balancer daemon: MetalLB-style VIPs, kube-proxy-style relay")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,11 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, help="unix socket of the admin API (mode 0600)")
     run.add_argument("--metrics-address", metavar="HOST:PORT", help="serve Prometheus metrics here (off by default)")
     run.add_argument("--log-format", choices=["json", "console", "auto"], default="auto")
-    run.add_argument("--drain-timeout", type=float, default=30.0, help="seconds established connections get on stop")
-    run.add_argument("--connect-timeout", type=float, default=2.0, help="seconds per endpoint connect attempt")
-    run.add_argument("--garp-rounds", type=int, default=5, help="gratuitous ARP rounds per VIP")
-    run.add_argument("--garp-interval", type=float, default=1.1, help="seconds between gratuitous ARP rounds")
-    run.add_argument("--garp-refresh", type=float, default=None, help="re-announce every N seconds (off by default)")
+    run.add_argument("--drain-timeout", type=_positive, default=30.0, help="seconds established connections get on stop")
+    run.add_argument("--connect-timeout", type=_positive, default=2.0, help="seconds per endpoint connect attempt")
+    run.add_argument("--garp-rounds", type=_count, default=5, help="gratuitous ARP rounds per VIP")
+    run.add_argument("--garp-interval", type=_positive, default=1.1, help="seconds between gratuitous ARP rounds")
+    run.add_argument("--garp-refresh", type=_positive, default=None, help="re-announce every N seconds (off by default)")
 
     check = sub.add_parser("check", help="validate the config and show what each service would get")
     _add_config(check)
@@ -103,8 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.metrics_address:
         try:
             metrics_address = parse_host_port(args.metrics_address)
-        except ValueError:
-            print(f"error: --metrics-address {args.metrics_address!r} is not HOST:PORT", file=sys.stderr)
+        except ValueError as exc:
+            print(f"error: --metrics-address {args.metrics_address!r} is not HOST:PORT ({exc})", file=sys.stderr)
             return 2
     options = DaemonOptions(
         config_paths=tuple(args.config),

@@ -9,10 +9,12 @@ client noticing. Everything is removed at the end, also on Ctrl-C.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
 
+from lbd.admin import AdminUnavailable
 from lbd.lab.netlab import Lab, LabError
 from lbd.lab.node import LbdNode
 from lbd.status import render_table
@@ -63,7 +65,7 @@ def main() -> int:
     try:
         with Lab(backends=3) as lab:
             return _run(lab, started)
-    except (LabError, RuntimeError) as exc:
+    except (LabError, RuntimeError, AdminUnavailable, subprocess.TimeoutExpired) as exc:
         say(f"demo failed: {exc}")
         return 1
     except KeyboardInterrupt:
@@ -113,6 +115,9 @@ def _run(lab: Lab, started: float) -> int:
         say(f"    request {i}: {answer}")
     errors = sum(a.startswith("ERROR") for a in after)
     say(f"    client errors: {errors}; {victim} answered {sum(a == victim for a in after)} of 6")
+    say("    $ lbd get services   (the refused endpoint is out of rotation: passive health check)")
+    for line in render_table(node.services()).splitlines():
+        say(f"    {line}")
     say(f"    (UDP service {vips['echo-udp']}:5353 has its VIP; UDP relaying and active health checks "
         "arrive with their own issues)")
 

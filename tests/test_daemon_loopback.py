@@ -264,3 +264,66 @@ def test_metrics_are_served_and_count(daemon_factory, backends) -> None:
     assert samples[("metallb_allocator_addresses_in_use_total", (("pool", "local"),))] == 2
     assert samples[("metallb_allocator_addresses_total", (("pool", "local"),))] == 11
     assert d.stop() == 0
+
+
+def wait_for_event(d: Daemon, event: str, count: int = 1, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if d.log.read_text().count(f'"event": "{event}"') >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {event} event: {d.log.read_text()}")
+
+
+def test_port_in_use_fails_only_that_service(daemon_factory, backends) -> None:
+    port = free_port()
+    squatter = socket.create_server(("127.0.0.240", port))  # web's VIP:port is taken
+    try:
+        d = daemon_factory(config_for(backends, port))
+        d.start()
+        rows = {r["name"]: r for r in d.get()}
+        assert rows["web"]["externalIP"] is None
+        assert "cannot serve 127.0.0.240" in rows["web"]["pending_reason"]
+        assert rows["web2"]["externalIP"] == "127.0.0.241"
+        assert hello("127.0.0.241", port).startswith("backend-")
+        # The port comes free; a reload brings the service up.
+        squatter.close()
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for_event(d, "reload_applied")
+        assert hello("127.0.0.240", port).startswith("backend-")
+        assert d.stop() == 0
+    finally:
+        squatter.close()
+
+
+def test_reload_changing_affinity_keeps_established_connections(daemon_factory, backends) -> None:
+    port = free_port()
+    d = daemon_factory(config_for(backends, port))
+    d.start("--drain-timeout", "1")
+    with socket.create_connection(("127.0.0.240", port), timeout=5) as c:
+        reader = c.makefile("rb")
+        assert reader.readline().startswith(b"backend-")
+        d.config.write_text(config_for(backends, port, affinity="ClientIP"))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for_event(d, "reload_applied")
+        time.sleep(1.5)  # longer than the drain timeout: a replaced listener would have cut us off
+        c.sendall(b"after reload\n")
+        assert reader.readline() == b"after reload\n"
+    assert len({hello("127.0.0.240", port) for _ in range(4)}) == 1  # the new policy holds
+    assert d.stop() == 0
+
+
+def test_reload_removing_two_services_releases_both_and_stops_cleanly(daemon_factory, backends) -> None:
+    port = free_port()
+    d = daemon_factory(config_for(backends, port))
+    d.start("--drain-timeout", "5")
+    d.config.write_text("pools:\n  - name: local\n    addresses: [127.0.0.240-127.0.0.250]\nservices: []\n")
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for_event(d, "reload_applied")
+    assert d.get() == []
+    for ip in ("127.0.0.240", "127.0.0.241"):
+        with pytest.raises(OSError):
+            hello(ip, port)
+    started = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - started < 3

@@ -1025,3 +1025,56 @@ def test_spliced_relay_idles_out_and_drains(loop_kind: str, monkeypatch: pytest.
     assert spy.taken == 2
     assert 0.35 < took < 1.5
     assert (stays_result, aborted) == ("rst", 1)
+
+
+def test_freebind_lets_a_vip_be_bound_before_it_is_configured() -> None:
+    """IP_FREEBIND: listening on an address no interface has yet (TEST-NET-1; no packet is sent)."""
+    router = RecordingRouter([])
+
+    async def main() -> int:
+        listener = TcpListener("192.0.2.77", 0, router, RelayOptions(), "test/svc", "80")
+        await listener.start()
+        try:
+            return listener.port
+        finally:
+            listener.stop_accepting()
+
+    assert run(main) > 0
+
+
+def test_drain_resets_a_relay_stuck_flushing_to_a_client_that_does_not_read() -> None:
+    """Both directions ended, so lbd close()d the client side, but its buffer cannot drain."""
+
+    def reply_then_close(conn: socket.socket) -> None:
+        recv_all(conn)  # the client's EOF
+        conn.sendall(b"f" * 200_000)  # more than the client takes, less than pauses lbd
+
+    backend = Backend(reply_then_close)
+    router = RecordingRouter([backend.target])
+
+    async def main() -> tuple[bool, int, int]:
+        listener = await started(router, RelayOptions(splice_after=None))
+        assert listener._sock is not None  # accepted sockets inherit a small, fixed send buffer:
+        listener._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the reply stays in lbd
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a tiny window
+        c.settimeout(IO_TIMEOUT)
+        c.connect(("127.0.0.1", listener.port))
+        try:
+            c.shutdown(socket.SHUT_WR)  # both directions end, but the client never reads
+            await asyncio.sleep(0.5)
+            if not listener.active:
+                pytest.skip("the kernel buffered the whole reply: nothing left stuck in lbd")
+            (relay,) = listener.relays
+            closing = relay.transport is not None and relay.transport.is_closing()
+            listener.stop_accepting()
+            aborted = await listener.drain(0.3)
+            await asyncio.sleep(0.05)
+            return closing, aborted, listener.active
+        finally:
+            c.close()
+
+    try:
+        assert run(main) == (True, 1, 0)
+    finally:
+        backend.close()

@@ -1,9 +1,9 @@
 """Zero-copy relaying for bulk connections: socket -> kernel pipe -> socket with os.splice.
 
 A relay starts on asyncio Protocols (cheapest per connection and per small message) and
-hands its two sockets to a SplicePump once it has moved `RelayOptions.splice_after` bytes one
-way: from then on payload never enters Python (about half the CPU per GB of the Protocol
-path, measured with iperf3 on loopback).
+hands its two sockets to a SplicePump once it has moved `RelayOptions.splice_after` bytes in
+big reads (a bulk transfer): from then on payload never enters Python. Measured with iperf3
+on loopback: 0.21-0.28 s of lbd CPU per GB against 0.36-0.52 on Protocols (HAProxy: 0.6-0.9).
 
 Semantics are the Protocol relay's: bytes in order; EOF becomes shutdown(SHUT_WR) on the other
 socket and the other direction keeps flowing; both sockets close once both directions ended;
@@ -30,6 +30,10 @@ MIN_PIPE_SIZE = 64 * 1024
 
 # Pipe loads moved per wake-up before yielding to other connections (fairness).
 MOVES_PER_WAKEUP = 4
+# A read shorter than this is taken as a whole message: stop reading until the next wake-up.
+# (Bulk reads come in 64 KiB segments or more, and splice may stop short of the pipe size when
+# the pipe runs out of slots, so "shorter than the pipe" would be the wrong test.)
+SMALL_READ = 16 * 1024
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -90,8 +94,11 @@ class _Flow:
                     return
                 self.queued += n
                 self.nbytes += n
-            while self.queued:  # don't leave the last load behind: src may have gone quiet
+                if n < SMALL_READ:  # a message, not a stream: src is most likely dry now
+                    break  # (saves the EAGAIN round trip on request/response traffic)
+            while self.queued:  # don't leave the last load behind
                 self.queued -= os.splice(r, dst, self.queued, flags=_SPLICE_FLAGS)
+            self._wait_read()  # all delivered: wait for src (a no-op if already waiting on it)
         except BlockingIOError:
             if self.pump.closed:
                 return

@@ -327,3 +327,25 @@ def test_reload_removing_two_services_releases_both_and_stops_cleanly(daemon_fac
     started = time.monotonic()
     assert d.stop() == 0
     assert time.monotonic() - started < 3
+
+
+def test_external_traffic_policy_local_uses_this_nodes_endpoints(daemon_factory, backends) -> None:
+    port = free_port()
+    b0, b1, b2 = backends
+    d = daemon_factory(f"""
+pools:
+  - name: local
+    addresses: [127.0.0.240-127.0.0.250]
+services:
+  - name: web
+    externalTrafficPolicy: Local
+    ports: [{{name: http, port: {port}}}]
+    endpoints:
+      - {{address: "127.0.0.1", port: {b0.port}, nodeName: this-node}}
+      - {{address: "127.0.0.1", port: {b1.port}, nodeName: other-node}}
+      - {{address: "127.0.0.1", port: {b2.port}, nodeName: this-node}}
+""")
+    d.start("--node-name", "this-node")
+    names = {hello("127.0.0.240", port) for _ in range(6)}
+    assert names == {"backend-0", "backend-2"}
+    assert d.stop() == 0

@@ -23,7 +23,7 @@ SIGINT/SIGTERM/SIGHUP (unless the process ignores them); every step tolerates th
 having half happened. An owner record in /run/lbdt/<run id>.json names the builder's pid, so
 `sweep_stale()` removes a crashed run's namespaces and files, and never a live run's.
 
-Run as a script it is also the lab's toolbox (stdlib only, so it starts fast in a namespace):
+Run as a script it is also the lab's toolbox (stdlib and lbd's pure codecs, so it starts fast in a namespace):
     python -m lbd.lab.netlab up        build a lab with backends, print it, wait for Ctrl-C
     python -m lbd.lab.netlab sweep     remove leftovers of crashed runs
     python -m lbd.lab.netlab ping DST  one ICMP echo (no ping binary needed)
@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from lbd.net.ndp import inet_checksum
 
 PREFIX = "lbdt-"
 OWNER_DIR = Path("/run/lbdt")  # tmpfs like /run/netns: cleared by the same reboot
@@ -606,15 +608,6 @@ def _capture_main(iface: str, out: Path, ethertypes: set[int], max_seconds: floa
     return 0
 
 
-def _inet_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _ping_main(destination: str, timeout: float) -> int:
     """One ICMP/ICMPv6 echo over a raw socket; exit 0 if answered."""
     address = ipaddress.ip_address(destination)
@@ -627,7 +620,7 @@ def _ping_main(destination: str, timeout: float) -> int:
         request_type, reply_type = 128, 129
     header = struct.pack("!BBHHH", request_type, 0, 0, ident, 1)
     if address.version == 4:  # the kernel fills in ICMPv6 checksums itself
-        checksum = _inet_checksum(header + payload)
+        checksum = inet_checksum(header + payload)
         header = struct.pack("!BBHHH", request_type, 0, checksum, ident, 1)
     sock.sendto(header + payload, (destination, 0))
     deadline = time.monotonic() + timeout

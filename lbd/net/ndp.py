@@ -85,7 +85,11 @@ def solicited_node(ip: ipaddress.IPv6Address) -> ipaddress.IPv6Address:
 def icmpv6_checksum(src: ipaddress.IPv6Address, dst: ipaddress.IPv6Address, message: bytes) -> int:
     """RFC 4443 §2.3: one's complement sum over the IPv6 pseudo-header and the message."""
     pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(message), IPPROTO_ICMPV6)
-    data = pseudo + message
+    return inet_checksum(pseudo + message)
+
+
+def inet_checksum(data: bytes) -> int:
+    """RFC 1071 Internet checksum (ICMP, ICMPv6 with its pseudo-header)."""
     if len(data) % 2:
         data += b"\x00"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))

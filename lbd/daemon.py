@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 
 from lbd import config, metrics, state
-from lbd.admin import AdminServer
+from lbd.admin import AdminServer, Handler
 from lbd.allocator import Allocation, Assignment, allocate, usable_addresses
 from lbd.balancer import Balancer, Target
 from lbd.config.errors import ConfigInvalid
@@ -338,7 +338,7 @@ class Daemon:
 
     # ---- admin API -------------------------------------------------------------------------
 
-    def _routes(self) -> dict[tuple[str, str], object]:
+    def _routes(self) -> dict[tuple[str, str], Handler]:
         async def get_services() -> list[StatusDict]:
             return self.service_statuses()
 

@@ -14,7 +14,7 @@ from lbd.allocator import Assignment
 from lbd.model import Endpoint, Service
 
 StatusDict = dict[str, Any]
-# (service key, endpoint, port number) -> ready; the daemon folds in passive/active health.
+# (service, endpoint) -> ready; the daemon folds in passive (later: active) health.
 ReadyView = Callable[[Service, Endpoint], bool]
 
 

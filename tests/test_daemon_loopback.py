@@ -349,3 +349,24 @@ services:
     names = {hello("127.0.0.240", port) for _ in range(6)}
     assert names == {"backend-0", "backend-2"}
     assert d.stop() == 0
+
+
+def test_reload_keeps_established_connections_of_unchanged_and_updated_services(daemon_factory, backends) -> None:
+    port = free_port()
+    d = daemon_factory(config_for(backends, port))
+    d.start("--drain-timeout", "1")
+    with socket.create_connection(("127.0.0.241", port), timeout=5) as c:  # web2
+        reader = c.makefile("rb")
+        first = reader.readline().strip().decode()
+        # Remove web, and give web2 only the endpoint this connection is on.
+        keep = next(b for b in backends if b.name == first)
+        d.config.write_text(config_for([keep], port).split("  - name: web2")[0].replace("name: web", "name: web2"))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for_event(d, "reload_applied")
+        time.sleep(1.5)  # past the drain timeout of anything released
+        c.sendall(b"still relayed\n")
+        assert reader.readline() == b"still relayed\n"
+    assert {hello("127.0.0.241", port) for _ in range(3)} == {first}
+    with pytest.raises(OSError):
+        hello("127.0.0.240", port)
+    assert d.stop() == 0

@@ -1078,3 +1078,79 @@ def test_drain_resets_a_relay_stuck_flushing_to_a_client_that_does_not_read() ->
         assert run(main) == (True, 1, 0)
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_connect_that_lands_after_its_timeout_fired_is_dropped_and_retried(
+    loop_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog may give up on an attempt in the same loop pass its connect succeeds.
+
+    That attempt is over (the retry is decided): the client's bytes must go to the next endpoint,
+    not into the abandoned connection. Forced here by cancelling right before connection_made.
+    """
+    from lbd.relay import tcp
+
+    backends = [Backend(echo_upper), Backend(echo_upper)]
+    router = RecordingRouter([b.target for b in backends])
+    original = tcp._Upstream.connection_made
+    raced: list[Target] = []
+
+    def racing(self: Any, transport: Any) -> None:
+        if not raced:
+            raced.append(self.target)
+            self.cancel(timed_out=True)  # what the watchdog does when the deadline passed
+        original(self, transport)
+
+    monkeypatch.setattr(tcp._Upstream, "connection_made", racing)
+
+    async def body() -> None:
+        listener = await started(router)
+        loop = asyncio.get_running_loop()
+
+        def one_client() -> bytes:
+            with connect(listener) as c:
+                c.sendall(b"ping")
+                c.shutdown(socket.SHUT_WR)
+                return recv_all(c)
+
+        assert await loop.run_in_executor(None, one_client) == b"PING"
+        assert router.failures == [(raced[0], "timeout")]
+        assert len(router.successes) == 1 and router.successes[0] != raced[0]
+        listener.stop_accepting()
+        await listener.drain(1.0)
+
+    try:
+        run(body, loop_kind)
+    finally:
+        for b in backends:
+            b.close()
+
+
+def test_pipes_running_out_leave_no_fds_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE on the second pipe: the relay stays on Protocols and the first pipe is closed."""
+    import errno
+
+    from lbd.relay import splice
+
+    real_pipe2 = os.pipe2
+    calls: list[int] = []
+
+    def second_fails(flags: int) -> tuple[int, int]:
+        calls.append(flags)
+        if len(calls) == 2:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_pipe2(flags)
+
+    monkeypatch.setattr(splice.os, "pipe2", second_fails)
+    a, b = socket.socketpair()
+    loop = asyncio.new_event_loop()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        assert SplicePump.take_over(loop, a, b, lambda exc: None) is None
+        assert len(calls) == 2
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        loop.close()
+        a.close()
+        b.close()

@@ -42,17 +42,23 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 
 
 def make_pipe(size: int = PIPE_SIZE) -> tuple[int, int] | None:
-    """A non-blocking pipe of at least MIN_PIPE_SIZE bytes, or None."""
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    """A non-blocking pipe of at least MIN_PIPE_SIZE bytes, or None (also when fds run out)."""
     try:
-        fcntl.fcntl(w, _F_SETPIPE_SZ, size)
-    except OSError:
-        pass  # EPERM over the user's pipe budget: keep what we got
-    if fcntl.fcntl(w, _F_GETPIPE_SZ) < MIN_PIPE_SIZE:
-        os.close(r)
-        os.close(w)
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # EMFILE/ENFILE: the relay stays on Protocols
         return None
-    return r, w
+    try:
+        try:
+            fcntl.fcntl(w, _F_SETPIPE_SZ, size)
+        except OSError:
+            pass  # EPERM over the user's pipe budget: keep what we got
+        if fcntl.fcntl(w, _F_GETPIPE_SZ) >= MIN_PIPE_SIZE:
+            return r, w
+    except OSError:
+        pass
+    os.close(r)
+    os.close(w)
+    return None
 
 
 class _Flow:

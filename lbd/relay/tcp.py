@@ -246,6 +246,12 @@ class _Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports don't subclass asyncio's
+        if self.cancelled:
+            # The watchdog gave up in the same loop pass the connect succeeded: this attempt is
+            # over (the retry is already decided), so the client's bytes must not go here.
+            self.peer = None
+            transport.abort()
+            return
         self.transport = transport
         client = self.client
         assert client is not None
@@ -280,6 +286,8 @@ class _Upstream(asyncio.Protocol):
             self.client.try_splice()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.cancelled and self.coro is not None:
+            return  # a late connect we aborted: _finished still owes the client its retry
         peer, client = self.peer, self.client
         self.client = self.peer = None  # cut the cycles: refcounting frees the relay at once
         if peer is None or peer.is_closing() or (client is not None and client.pump is not None):

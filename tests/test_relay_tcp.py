@@ -188,6 +188,28 @@ async def started(router: Any, options: RelayOptions | None = None, host: str = 
     return listener
 
 
+def through_listener(
+    client: Callable[[TcpListener], Any],
+    router: Any,
+    options: RelayOptions | None = None,
+    *,
+    loop_kind: str = "uvloop",
+    host: str = "127.0.0.1",
+    drain: float = 1,
+) -> Any:
+    """Start a listener, run the blocking `client(listener)` on a thread, then stop and drain."""
+
+    async def main() -> Any:
+        listener = await started(router, options, host)
+        try:
+            return await asyncio.to_thread(client, listener)
+        finally:
+            listener.stop_accepting()
+            await listener.drain(drain)
+
+    return run(main, loop_kind)
+
+
 # -- the tests --------------------------------------------------------------------------
 
 
@@ -283,23 +305,14 @@ def test_half_close_both_orders_after_bulk(splice_after: int | None, monkeypatch
     backend = Backend(backend_replies_after_eof)
     router = RecordingRouter([backend.target])
 
-    async def main() -> bytes:
-        listener = await started(router, RelayOptions(splice_after=splice_after))
-
-        def client() -> bytes:
-            with connect(listener) as c:
-                c.sendall(b"q" * big)
-                c.shutdown(socket.SHUT_WR)
-                return recv_all(c)
-
-        try:
-            return await asyncio.to_thread(client)
-        finally:
-            listener.stop_accepting()
-            await listener.drain(1)
+    def client(listener: TcpListener) -> bytes:
+        with connect(listener) as c:
+            c.sendall(b"q" * big)
+            c.shutdown(socket.SHUT_WR)
+            return recv_all(c)
 
     try:
-        reply = run(main)
+        reply = through_listener(client, router, RelayOptions(splice_after=splice_after))
     finally:
         backend.close()
     assert not backend.errors
@@ -312,23 +325,14 @@ def test_half_close_client_still_reads_reply(loop_kind: str) -> None:
     backend = Backend(echo_upper)  # replies only after the client's EOF
     router = RecordingRouter([backend.target])
 
-    async def main() -> bytes:
-        listener = await started(router)
-
-        def client() -> bytes:
-            with connect(listener) as c:
-                c.sendall(b"hello " * 1000)
-                c.shutdown(socket.SHUT_WR)
-                return recv_all(c)
-
-        try:
-            return await asyncio.to_thread(client)
-        finally:
-            listener.stop_accepting()
-            await listener.drain(1)
+    def client(listener: TcpListener) -> bytes:
+        with connect(listener) as c:
+            c.sendall(b"hello " * 1000)
+            c.shutdown(socket.SHUT_WR)
+            return recv_all(c)
 
     try:
-        assert run(main, loop_kind) == b"HELLO " * 1000
+        assert through_listener(client, router, loop_kind=loop_kind) == b"HELLO " * 1000
     finally:
         backend.close()
 
@@ -345,24 +349,15 @@ def test_half_close_backend_first_other_direction_keeps_flowing(banner: bytes) -
     backend = Backend(backend_closes_first)
     router = RecordingRouter([backend.target])
 
-    async def main() -> bytes:
-        listener = await started(router)
-
-        def client() -> bytes:
-            with connect(listener) as c:
-                banner = recv_all(c)  # EOF from the backend arrives as EOF here
-                c.sendall(b"x" * 3 * 2**20)  # and we can still send (a big banner moved us to splice)
-                c.shutdown(socket.SHUT_WR)
-                return banner
-
-        try:
-            return await asyncio.to_thread(client)
-        finally:
-            listener.stop_accepting()
-            await listener.drain(2)
+    def client(listener: TcpListener) -> bytes:
+        with connect(listener) as c:
+            banner = recv_all(c)  # EOF from the backend arrives as EOF here
+            c.sendall(b"x" * 3 * 2**20)  # and we can still send (a big banner moved us to splice)
+            c.shutdown(socket.SHUT_WR)
+            return banner
 
     try:
-        assert run(main) == banner
+        assert through_listener(client, router, drain=2) == banner
     finally:
         backend.close()
     assert not backend.errors
@@ -374,23 +369,14 @@ def test_refused_endpoint_costs_the_client_nothing(loop_kind: str) -> None:
     refused = closed_port()
     router = RecordingRouter([refused, backend.target])
 
-    async def main() -> bytes:
-        listener = await started(router)
-
-        def client() -> bytes:
-            with connect(listener) as c:
-                c.sendall(b"early data")  # sent before any endpoint accepted: must not be lost
-                c.shutdown(socket.SHUT_WR)
-                return recv_all(c)
-
-        try:
-            return await asyncio.to_thread(client)
-        finally:
-            listener.stop_accepting()
-            await listener.drain(1)
+    def client(listener: TcpListener) -> bytes:
+        with connect(listener) as c:
+            c.sendall(b"early data")  # sent before any endpoint accepted: must not be lost
+            c.shutdown(socket.SHUT_WR)
+            return recv_all(c)
 
     try:
-        assert run(main, loop_kind) == b"EARLY DATA"
+        assert through_listener(client, router, loop_kind=loop_kind) == b"EARLY DATA"
     finally:
         backend.close()
     assert router.failures == [(refused, ConnectFailure.REFUSED)]
@@ -561,24 +547,15 @@ def test_connect_timeout_moves_on_without_losing_early_data(loop_kind: str) -> N
     hole_target = ("127.0.0.1", hole.getsockname()[1])
     router = RecordingRouter([hole_target, backend.target])
 
-    async def main() -> tuple[bytes, float]:
-        listener = await started(router, RelayOptions(connect_timeout=0.3))
-
-        def client() -> tuple[bytes, float]:
-            t0 = time.monotonic()
-            with connect(listener) as c:
-                c.sendall(b"sent while lbd waits on the blackhole")
-                c.shutdown(socket.SHUT_WR)
-                return recv_all(c), time.monotonic() - t0
-
-        try:
-            return await asyncio.to_thread(client)
-        finally:
-            listener.stop_accepting()
-            await listener.drain(1)
+    def client(listener: TcpListener) -> tuple[bytes, float]:
+        t0 = time.monotonic()
+        with connect(listener) as c:
+            c.sendall(b"sent while lbd waits on the blackhole")
+            c.shutdown(socket.SHUT_WR)
+            return recv_all(c), time.monotonic() - t0
 
     try:
-        reply, took = run(main, loop_kind)
+        reply, took = through_listener(client, router, RelayOptions(connect_timeout=0.3), loop_kind=loop_kind)
     finally:
         backend.close()
         for s in (*fillers, hole):
@@ -772,23 +749,14 @@ def test_ipv6_listener_and_endpoint() -> None:
         pytest.skip("no IPv6 loopback")
     router = RecordingRouter([backend.target])
 
-    async def main() -> bytes:
-        listener = await started(router, host="::1")
-
-        def client() -> bytes:
-            with connect(listener) as c:
-                c.sendall(b"six")
-                c.shutdown(socket.SHUT_WR)
-                return recv_all(c)
-
-        try:
-            return await asyncio.to_thread(client)
-        finally:
-            listener.stop_accepting()
-            await listener.drain(1)
+    def client(listener: TcpListener) -> bytes:
+        with connect(listener) as c:
+            c.sendall(b"six")
+            c.shutdown(socket.SHUT_WR)
+            return recv_all(c)
 
     try:
-        assert run(main) == b"SIX"
+        assert through_listener(client, router, host="::1") == b"SIX"
     finally:
         backend.close()
 
@@ -947,27 +915,18 @@ def test_spliced_relay_passes_backend_rst_to_client(monkeypatch: pytest.MonkeyPa
     backend = Backend(bulk_then_rst)
     router = RecordingRouter([backend.target])
 
-    async def main() -> int:
-        listener = await started(router)
-
-        def client() -> int:
-            n = 0
-            with connect(listener) as c:
-                with pytest.raises(ConnectionResetError):
-                    while data := c.recv(CHUNK):
-                        n += len(data)
-                        if n == total:
-                            delivered.set()
-            return n
-
-        try:
-            return await asyncio.to_thread(client)
-        finally:
-            listener.stop_accepting()
-            await listener.drain(1)
+    def client(listener: TcpListener) -> int:
+        n = 0
+        with connect(listener) as c:
+            with pytest.raises(ConnectionResetError):
+                while data := c.recv(CHUNK):
+                    n += len(data)
+                    if n == total:
+                        delivered.set()
+        return n
 
     try:
-        received = run(main)
+        received = through_listener(client, router)
     finally:
         backend.close()
     assert spy.taken == 1

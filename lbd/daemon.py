@@ -36,7 +36,8 @@ from lbd.config.errors import ConfigInvalid
 from lbd.health.passive import PassiveHealth
 from lbd.model import Endpoint, IPAddress, Model, Protocol, Service, ServicePort, TrafficPolicy
 from lbd.net.announcer import Announcer
-from lbd.relay.tcp import RelayOptions, TcpListener
+from lbd.relay import RelayOptions
+from lbd.relay.tcp import TcpListener
 from lbd.routing import ServiceRouter
 from lbd.status import StatusDict, statuses
 

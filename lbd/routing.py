@@ -12,6 +12,7 @@ import structlog
 
 from lbd.balancer import Balancer, Target, format_target
 from lbd.health.passive import PassiveHealth
+from lbd.relay import Failure
 
 log = structlog.get_logger("lbd.routing")
 
@@ -51,19 +52,19 @@ class ServiceRouter:
             target = self.balancer.pick(client_ip, now, tried)
         return target
 
-    def connect_failed(self, target: Target, reason: str) -> None:
-        ejection = self.passive.failed(target, self._clock(), reason)
+    def failed(self, target: Target, failure: Failure) -> None:
+        ejection = self.passive.failed(target, self._clock(), str(failure))
         if ejection is not None:
             log.warning(
                 "endpoint_ejected",
                 service=self.service,
                 port=self.port,
                 target=format_target(target),
-                reason=str(reason),
+                reason=str(failure),
                 fails=ejection.fails,
                 seconds=self.passive.fail_timeout,
             )
 
-    def connected(self, target: Target) -> None:
+    def succeeded(self, target: Target) -> None:
         if self.passive.succeeded(target):
             log.info("endpoint_recovered", service=self.service, port=self.port, target=format_target(target))

@@ -28,10 +28,13 @@ from lbd import metrics
 from lbd.balancer import Balancer, Target
 from lbd.health.passive import PassiveHealth
 from lbd.model import SessionAffinity
-from lbd.relay import ConnectFailure
-from lbd.relay import tcp
+from lbd.relay import Failure
+from lbd.relay import listener as relay_listener
+from lbd.relay import tcp_connection
 from lbd.relay.splice import SplicePump
-from lbd.relay.tcp import BurstLog, RelayOptions, TcpListener
+from lbd.relay import RelayOptions
+from lbd.relay.listener import BurstLog
+from lbd.relay.tcp import TcpListener, TcpOptions
 from lbd.routing import ServiceRouter
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
@@ -61,13 +64,13 @@ class RecordingRouter(ServiceRouter):
         self.failures: list[tuple[Target, str]] = []
         self.successes: list[Target] = []
 
-    def connect_failed(self, target: Target, reason: str) -> None:
-        self.failures.append((target, reason))
-        super().connect_failed(target, reason)
+    def failed(self, target: Target, failure: Failure) -> None:
+        self.failures.append((target, failure))
+        super().failed(target, failure)
 
-    def connected(self, target: Target) -> None:
+    def succeeded(self, target: Target) -> None:
         self.successes.append(target)
-        super().connected(target)
+        super().succeeded(target)
 
 
 class Backend:
@@ -182,8 +185,10 @@ def send_and_hash(conn: socket.socket, seed: int, total: int) -> tuple[str, int]
     return h.hexdigest(), n
 
 
-async def started(router: Any, options: RelayOptions | None = None, host: str = "127.0.0.1") -> TcpListener:
-    listener = TcpListener(host, 0, router, options or RelayOptions(), "test/svc", "80")
+async def started(
+    router: Any, options: RelayOptions | None = None, host: str = "127.0.0.1", *, tcp: TcpOptions | None = None
+) -> TcpListener:
+    listener = TcpListener(host, 0, router, options or RelayOptions(), "test/svc", "80", tcp=tcp or TcpOptions())
     await listener.start()
     return listener
 
@@ -193,6 +198,7 @@ def through_listener(
     router: Any,
     options: RelayOptions | None = None,
     *,
+    tcp: TcpOptions | None = None,
     loop_kind: str = "uvloop",
     host: str = "127.0.0.1",
     drain: float = 1,
@@ -200,7 +206,7 @@ def through_listener(
     """Start a listener, run the blocking `client(listener)` on a thread, then stop and drain."""
 
     async def main() -> Any:
-        listener = await started(router, options, host)
+        listener = await started(router, options, host, tcp=tcp)
         try:
             return await asyncio.to_thread(client, listener)
         finally:
@@ -248,7 +254,7 @@ def test_bulk_both_ways_at_once_exact_bytes(
     router = RecordingRouter([backend.target])
 
     async def main() -> tuple[str, int]:
-        listener = await started(router, RelayOptions(splice_after=splice_after))
+        listener = await started(router, tcp=TcpOptions(splice_after=splice_after))
         try:
             c = connect(listener)
             with c:
@@ -275,7 +281,7 @@ def test_bulk_stays_on_protocols_when_pipes_are_refused(monkeypatch: pytest.Monk
     router = RecordingRouter([backend.target])
 
     async def main() -> tuple[str, int]:
-        listener = await started(router, RelayOptions(splice_after=2**16))
+        listener = await started(router, tcp=TcpOptions(splice_after=2**16))
         try:
             with connect(listener) as c:
                 return await asyncio.to_thread(send_and_hash, c, 3, total)
@@ -312,7 +318,7 @@ def test_half_close_both_orders_after_bulk(splice_after: int | None, monkeypatch
             return recv_all(c)
 
     try:
-        reply = through_listener(client, router, RelayOptions(splice_after=splice_after))
+        reply = through_listener(client, router, tcp=TcpOptions(splice_after=splice_after))
     finally:
         backend.close()
     assert not backend.errors
@@ -379,7 +385,7 @@ def test_refused_endpoint_costs_the_client_nothing(loop_kind: str) -> None:
         assert through_listener(client, router, loop_kind=loop_kind) == b"EARLY DATA"
     finally:
         backend.close()
-    assert router.failures == [(refused, ConnectFailure.REFUSED)]
+    assert router.failures == [(refused, Failure.REFUSED)]
     assert router.successes == [backend.target]
     assert router.passive.ejected(time.monotonic()) == {refused}
 
@@ -408,7 +414,7 @@ def test_all_endpoints_refused_client_sees_rst(loop_kind: str) -> None:
             await listener.drain(1)
 
     run(main, loop_kind)
-    assert len(router.failures) == 4 and {r for _, r in router.failures} == {ConnectFailure.REFUSED}
+    assert len(router.failures) == 4 and {r for _, r in router.failures} == {Failure.REFUSED}
     assert metrics.no_endpoint_resets_total.labels("test/svc", "80")._value.get() == before + 2
 
 
@@ -562,7 +568,7 @@ def test_connect_timeout_moves_on_without_losing_early_data(loop_kind: str) -> N
             s.close()
     assert reply == b"SENT WHILE LBD WAITS ON THE BLACKHOLE"
     assert 0.25 < took < 3
-    assert router.failures == [(hole_target, ConnectFailure.TIMEOUT)]
+    assert router.failures == [(hole_target, Failure.TIMEOUT)]
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
@@ -694,8 +700,8 @@ def test_stop_accepting_keeps_established_relays() -> None:
 
 def test_sockets_have_nodelay_and_keepalive_and_metrics_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     # Endpoint sockets get SO_KEEPALIVE from the housekeeping scan; make that come at once.
-    monkeypatch.setattr(tcp, "KEEPALIVE_SCAN_SECONDS", 0.0)
-    monkeypatch.setattr(tcp, "HOUSEKEEPING_SECONDS", 0.05)
+    monkeypatch.setattr(tcp_connection, "KEEPALIVE_SCAN_SECONDS", 0.0)
+    monkeypatch.setattr(relay_listener, "HOUSEKEEPING_SECONDS", 0.05)
 
     def hold(conn: socket.socket) -> None:
         conn.sendall(b"ok")
@@ -764,18 +770,19 @@ def test_ipv6_listener_and_endpoint() -> None:
 SLOW_READER_CHILD = textwrap.dedent(
     """
     import asyncio, sys, uvloop
-    from lbd.relay.tcp import RelayOptions, TcpListener
+    from lbd.relay import RelayOptions
+    from lbd.relay.tcp import TcpListener, TcpOptions
 
     class Fixed:
         def pick(self, client_ip, tried):
             return None if tried else ("127.0.0.1", int(sys.argv[1]))
-        def connect_failed(self, target, reason): pass
-        def connected(self, target): pass
+        def failed(self, target, failure): pass
+        def succeeded(self, target): pass
 
     async def main():
         splice_after = None if sys.argv[2] == "none" else int(sys.argv[2])
-        options = RelayOptions(splice_after=splice_after)
-        listener = TcpListener("127.0.0.1", 0, Fixed(), options, "test/slow", "80")
+        tcp = TcpOptions(splice_after=splice_after)
+        listener = TcpListener("127.0.0.1", 0, Fixed(), RelayOptions(), "test/slow", "80", tcp=tcp)
         await listener.start()
         print(listener.port, flush=True)
         await asyncio.sleep(60)
@@ -874,10 +881,10 @@ class _CountingRouter:
         self.picks.append(tuple(tried))
         return next((t for t in self.targets if t not in tried), None)
 
-    def connect_failed(self, target: Target, reason: str) -> None:
+    def failed(self, target: Target, failure: Failure) -> None:
         pass
 
-    def connected(self, target: Target) -> None:
+    def succeeded(self, target: Target) -> None:
         pass
 
 
@@ -1012,7 +1019,7 @@ def test_drain_resets_a_relay_stuck_flushing_to_a_client_that_does_not_read() ->
     router = RecordingRouter([backend.target])
 
     async def main() -> tuple[bool, int, int]:
-        listener = await started(router, RelayOptions(splice_after=None))
+        listener = await started(router, tcp=TcpOptions(splice_after=None))
         assert listener._sock is not None  # accepted sockets inherit a small, fixed send buffer:
         listener._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the reply stays in lbd
         c = socket.socket()
@@ -1048,11 +1055,11 @@ def test_connect_that_lands_after_its_timeout_fired_is_dropped_and_retried(
     That attempt is over (the retry is decided): the client's bytes must go to the next endpoint,
     not into the abandoned connection. Forced here by cancelling right before connection_made.
     """
-    from lbd.relay import tcp
+    from lbd.relay import tcp_connection
 
     backends = [Backend(echo_upper), Backend(echo_upper)]
     router = RecordingRouter([b.target for b in backends])
-    original = tcp._Upstream.connection_made
+    original = tcp_connection.Upstream.connection_made
     raced: list[Target] = []
 
     def racing(self: Any, transport: Any) -> None:
@@ -1061,7 +1068,7 @@ def test_connect_that_lands_after_its_timeout_fired_is_dropped_and_retried(
             self.cancel(timed_out=True)  # what the watchdog does when the deadline passed
         original(self, transport)
 
-    monkeypatch.setattr(tcp._Upstream, "connection_made", racing)
+    monkeypatch.setattr(tcp_connection.Upstream, "connection_made", racing)
 
     async def body() -> None:
         listener = await started(router)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lbd.balancer import Balancer, Target
 from lbd.health.passive import PassiveHealth
 from lbd.model import SessionAffinity
+from lbd.relay import Failure
 from lbd.routing import ServiceRouter
 
 A, B, C = ("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)
@@ -36,9 +37,9 @@ def attempts(r: ServiceRouter, client: str = "192.0.2.1", fail: frozenset[Target
         assert target not in tried
         tried.append(target)
         if target in fail:
-            r.connect_failed(target, "refused")
+            r.failed(target, Failure.REFUSED)
         else:
-            r.connected(target)
+            r.succeeded(target)
             break
     return tried
 
@@ -74,7 +75,7 @@ def test_fallback_to_ejected_when_everything_else_tried() -> None:
 
 def test_fallback_prefers_healthy_then_ejected() -> None:
     r, clock = router([A, B, C])
-    r.connect_failed(A, "refused")
+    r.failed(A, Failure.REFUSED)
     clock.now += 1
     tried = attempts(r, fail=frozenset({A, B, C}))
     assert sorted(tried) == [A, B, C] and tried[-1] == A
@@ -82,9 +83,9 @@ def test_fallback_prefers_healthy_then_ejected() -> None:
 
 def test_success_clears_ejection() -> None:
     r, clock = router([A, B])
-    r.connect_failed(A, "timeout")
+    r.failed(A, Failure.TIMEOUT)
     assert r.passive.ejected(clock.now) == {A}
-    r.connected(A)
+    r.succeeded(A)
     assert r.passive.ejected(clock.now) == frozenset()
 
 
@@ -96,7 +97,7 @@ def test_no_targets() -> None:
 def test_affinity_moves_off_ejected_target() -> None:
     r, clock = router([A, B], SessionAffinity.CLIENT_IP)
     assert attempts(r, "c1") == [A]
-    r.connect_failed(A, "refused")
+    r.failed(A, Failure.REFUSED)
     clock.now += 1
     assert attempts(r, "c1") == [B]
     clock.now += 20
@@ -105,7 +106,7 @@ def test_affinity_moves_off_ejected_target() -> None:
 
 def test_update_forgets_passive_state_of_removed_targets() -> None:
     r, clock = router([A, B])
-    r.connect_failed(A, "refused")
+    r.failed(A, Failure.REFUSED)
     r.update([B])
     r.update([A, B])
     assert r.passive.ejected(clock.now) == frozenset()

@@ -1,33 +1,55 @@
-"""The data plane: relays that carry client connections to endpoints picked by a Router."""
+"""The data plane: relays that carry client traffic to endpoints picked by a Router.
+
+This module is protocol-neutral and pure (no sockets, no event loop): the Router verbs, the
+failure reasons and the options every relay shares. `lbd.relay.listener` holds the shared
+listener machinery, `lbd.relay.tcp` the TCP relay (UDP plugs in beside it).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 from lbd.balancer import Target
 
+# Seconds per endpoint connect attempt; a failed attempt moves on to the next endpoint.
+# HAProxy's `timeout connect` examples use 5 s; 2 s keeps a dead endpoint's cost low.
+DEFAULT_CONNECT_TIMEOUT = 2.0
 
-class ConnectFailure(StrEnum):
-    """Why a connect to an endpoint failed: a log field, a metric label and a test value."""
 
-    REFUSED = "refused"  # RST to our SYN: nothing listens
+class Failure(StrEnum):
+    """Why an endpoint failed a client: a log field, a metric label and a test value."""
+
+    REFUSED = "refused"  # RST to our SYN (TCP) or ICMP port unreachable (UDP): nothing listens
     UNREACHABLE = "unreachable"  # ICMP host/net unreachable, no route
     TIMEOUT = "timeout"  # no answer within RelayOptions.connect_timeout
-    ERROR = "error"  # any other OSError (EMFILE, EADDRNOTAVAIL, ...)
+    ERROR = "error"  # any other OSError of the endpoint side
 
 
 class Router(Protocol):
-    """Where a relay sends a client connection; one per service port (see lbd.routing)."""
+    """Where a relay sends a client; one per service port (see lbd.routing)."""
 
     def pick(self, client_ip: str, tried: Collection[Target]) -> Target | None:
-        """The next target to try for this client connection; never one of `tried`."""
+        """The next target to try for this client; never one of `tried`."""
         ...
 
-    def connect_failed(self, target: Target, reason: str) -> None: ...
+    def failed(self, target: Target, failure: Failure) -> None:
+        """The endpoint failed this client (passive health counts it)."""
+        ...
 
-    def connected(self, target: Target) -> None: ...
+    def succeeded(self, target: Target) -> None:
+        """The endpoint answered (clears passive failures)."""
+        ...
 
 
-__all__ = ["ConnectFailure", "Router", "Target"]
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    """What every relay honours, whatever the protocol; applied to new connections and flows."""
+
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # per attempt
+    idle_timeout: float | None = None  # None = tunnel, never idle out (Service.idle_timeout_seconds)
+
+
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "Failure", "RelayOptions", "Router", "Target"]

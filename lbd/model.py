@@ -103,6 +103,8 @@ class Endpoint:
     port: int | None = None
     node_name: str | None = None
     ready: bool = True
+    serving: bool = True
+    terminating: bool = False
 
     def target_port(self, service_port: ServicePort) -> int:
         return self.port if self.port is not None else service_port.target_port

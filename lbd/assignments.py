@@ -1,0 +1,103 @@
+"""Where VIP assignments are kept, behind one seam, and the allocate-then-commit step.
+
+The allocator is pure (lbd.allocator); what it was given last time and where its answer goes
+is an AssignmentStore. Single node: the sticky file in --state-dir (lbd.state). Several nodes
+(later): a cluster store whose `commit` is a compare-and-swap, so two nodes applying a new
+config at once cannot hand one IP to two services; the loser re-reads and allocates again.
+
+Stores are synchronous (the daemon calls them in a worker thread, with a deadline), so tests
+drive them without an event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from lbd import state
+from lbd.allocator import Allocation, allocate
+from lbd.model import IPAddress, Pool, Service
+
+# Compare-and-swap rounds before giving up: each lost round means another writer committed
+# in between, so a handful is plenty unless something is wrong.
+COMMIT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Assignments as read from a store, with the store's token for compare-and-swap."""
+
+    assignments: Mapping[str, IPAddress] = field(default_factory=dict)
+    revision: object = None  # opaque to callers; the file store has none
+
+
+class AssignmentStore(Protocol):
+    """Keeps service key -> VIP across restarts (and, in a cluster, across nodes)."""
+
+    def load(self) -> Stored: ...
+
+    def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> bool:
+        """Store `assignments` if the store still holds `expected`; False if another writer won.
+
+        Raises OSError when the store cannot be written (the caller keeps serving).
+        """
+        ...
+
+
+class CommitConflict(RuntimeError):
+    """Other writers kept winning: no allocation could be committed."""
+
+
+class FileAssignmentStore:
+    """The single-node store: `assignments.json` in the state dir; this node is the only writer."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self._on_disk: dict[str, IPAddress] | None = None  # what the file holds, once known
+
+    def load(self) -> Stored:
+        self._on_disk = state.load_assignments(self.state_dir)
+        return Stored(dict(self._on_disk))
+
+    def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> bool:
+        wanted = dict(assignments)
+        if wanted != self._on_disk:  # unchanged: no write, no fsync
+            state.save_assignments(self.state_dir, wanted)
+            self._on_disk = wanted
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """An allocation and whether storing it failed (then it holds only until the next restart)."""
+
+    allocation: Allocation
+    store_error: str | None = None
+
+
+def allocate_and_commit(
+    store: AssignmentStore,
+    pools: Sequence[Pool],
+    services: Sequence[Service],
+    previous: Stored | None = None,
+    *,
+    attempts: int = COMMIT_ATTEMPTS,
+) -> Committed:
+    """Allocate from what the store holds and commit the result, retrying lost compare-and-swaps.
+
+    `previous` skips the first read when the caller already holds the store's last state.
+    A store that cannot be written does not stop serving: the allocation is returned with the
+    error, and stickiness across restarts is what is lost until a later commit succeeds.
+    """
+    stored = previous if previous is not None else store.load()
+    for _ in range(attempts):
+        allocation = allocate(pools, services, stored.assignments)
+        try:
+            if store.commit(allocation.sticky(), stored):
+                return Committed(allocation)
+        except OSError as exc:
+            return Committed(allocation, f"{type(exc).__name__}: {exc}")
+        stored = store.load()
+    raise CommitConflict(f"assignments changed under us {attempts} times in a row; not committed")

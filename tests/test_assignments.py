@@ -1,0 +1,91 @@
+"""The assignment store seam: the sticky file, and allocate-then-commit with compare-and-swap."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from lbd import state
+from lbd.assignments import (
+    CommitConflict,
+    FileAssignmentStore,
+    Stored,
+    allocate_and_commit,
+)
+from lbd.model import AddressRange, IPAddress, Pool, Service, ServicePort
+
+POOL = Pool("lab", (AddressRange(ipaddress.ip_address("198.18.1.200"), ipaddress.ip_address("198.18.1.210")),))
+PORT = (ServicePort("http", 80, 80),)
+A, B = Service("a", ports=PORT), Service("b", ports=PORT)
+IP = ipaddress.ip_address
+
+
+def test_file_store_round_trip_and_stickiness(tmp_path: Path) -> None:
+    store = FileAssignmentStore(tmp_path)
+    assert store.load() == Stored({})
+    first = allocate_and_commit(store, [POOL], [B])
+    assert first.allocation.ip_of("default/b") == IP("198.18.1.200") and first.store_error is None
+    # A restart (new store object) keeps b's VIP although a sorts first.
+    second = allocate_and_commit(FileAssignmentStore(tmp_path), [POOL], [A, B])
+    assert second.allocation.ip_of("default/b") == IP("198.18.1.200")
+    assert second.allocation.ip_of("default/a") == IP("198.18.1.201")
+    assert state.load_assignments(tmp_path) == {"default/a": IP("198.18.1.201"), "default/b": IP("198.18.1.200")}
+
+
+def test_file_store_skips_writes_when_nothing_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FileAssignmentStore(tmp_path)
+    allocate_and_commit(store, [POOL], [A])
+    writes: list[object] = []
+    monkeypatch.setattr(state, "save_assignments", lambda *args: writes.append(args))
+    allocate_and_commit(store, [POOL], [A])
+    assert writes == []
+
+
+def test_unwritable_store_keeps_the_allocation_and_says_why(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    committed = allocate_and_commit(FileAssignmentStore(blocker / "state"), [POOL], [A])
+    assert committed.allocation.ip_of("default/a") == IP("198.18.1.200")
+    assert committed.store_error is not None and "Error" in committed.store_error
+
+
+class RacingStore:
+    """A compare-and-swap store where another writer commits `rival` before our first commit."""
+
+    def __init__(self, rival: Mapping[str, IPAddress], races: int = 1) -> None:
+        self.data: dict[str, IPAddress] = {}
+        self.revision = 0
+        self.rival = dict(rival)
+        self.races = races
+        self.loads = 0
+
+    def load(self) -> Stored:
+        self.loads += 1
+        return Stored(dict(self.data), self.revision)
+
+    def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> bool:
+        if self.races:
+            self.races -= 1
+            self.data, self.revision = dict(self.rival), self.revision + 1  # the other node wins
+        if expected.revision != self.revision:
+            return False
+        self.data, self.revision = dict(assignments), self.revision + 1
+        return True
+
+
+def test_lost_compare_and_swap_reallocates_from_the_winner() -> None:
+    store = RacingStore({"default/b": IP("198.18.1.200")})
+    committed = allocate_and_commit(store, [POOL], [A, B])
+    # The rival gave b the first address; our retry respects it instead of handing it to a.
+    assert committed.allocation.ip_of("default/b") == IP("198.18.1.200")
+    assert committed.allocation.ip_of("default/a") == IP("198.18.1.201")
+    assert store.loads == 2 and store.data == committed.allocation.sticky()
+
+
+def test_endless_conflicts_give_up_loudly() -> None:
+    store = RacingStore({}, races=100)
+    with pytest.raises(CommitConflict):
+        allocate_and_commit(store, [POOL], [A], attempts=3)

@@ -14,6 +14,7 @@ PURE = [
     "balancer.py",
     "status.py",
     "health/passive.py",
+    "net/ethernet.py",
     "net/arp.py",
     "net/ndp.py",
     *(str(p.relative_to(LBD)) for p in sorted((LBD / "config").glob("*.py"))),

@@ -58,6 +58,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from lbd.net.ethernet import ETH_P_ARP, ETH_P_IPV6, HEADER_LEN, decode_header
 from lbd.net.ndp import inet_checksum
 
 PREFIX = "lbdt-"
@@ -71,9 +72,7 @@ READY_TIMEOUT = 10.0  # seconds for a helper process to say READY
 UNOWNED_MIN_AGE = 600.0  # seconds: an lbdt- namespace nobody claims is only swept when older
 CAPTURE_MAX_SECONDS = 60.0  # a capture stops by itself after this, whatever happens
 CAPTURE_MAX_FRAMES = 10_000
-ETH_P_ALL = 0x0003
-ETH_P_ARP = 0x0806
-ETH_P_IPV6 = 0x86DD
+ETH_P_ALL = 0x0003  # a packet socket's "every protocol"
 # Lab subnets: inside 198.18.0.0/15 (RFC 2544) and 2001:db8::/32 (RFC 3849), never a private
 # range a real network uses, so a lab can never be mistaken for (or leak into) a real network.
 SUBNET4 = "198.18.{n}.0/24"
@@ -606,7 +605,7 @@ def _capture_main(iface: str, out: Path, ethertypes: set[int], max_seconds: floa
             if not ready:
                 continue
             frame = sock.recv(65535)
-            if len(frame) < 14 or int.from_bytes(frame[12:14], "big") not in ethertypes:
+            if len(frame) < HEADER_LEN or decode_header(frame).ethertype not in ethertypes:
                 continue
             now = time.time()
             pcap.write(_PCAP_RECORD.pack(int(now), int(now % 1 * 1e6), len(frame), len(frame)) + frame)

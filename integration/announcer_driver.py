@@ -3,7 +3,7 @@
     ip netns exec lbdt-ab12-node .venv/bin/python integration/announcer_driver.py \\
         --netns lbdt-ab12-node --interfaces eth0 --garp-rounds 3 --garp-interval 0.2
 
-stdin:  {"op": "bind", "ip": "10.77.4.200"}      stdout: {"ok": true, "result": "eth0"}
+stdin:  {"op": "bind", "ip": "198.18.4.200"}     stdout: {"ok": true, "result": "eth0"}
 ops: interface_for, bind, announce, withdraw, unbind (ip); reconcile (wanted: [ip]);
      metrics (ip) -> counters; marked -> lbd-marked addresses with label, proto, created; close.
 Logs (structlog JSON) go to stderr. Refuses to run unless it is inside the `lbdt-` namespace

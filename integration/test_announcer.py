@@ -184,11 +184,12 @@ def test_reconcile_after_crash_removes_stale_keeps_wanted(lab: Lab) -> None:
 
 
 def test_long_interface_name_is_marked_by_address_protocol(lab: Lab) -> None:
-    ifname, vip = "lbdlongname0", ipaddress.ip_address("10.78.0.200")  # 12 chars: "<if>:lbd" is 16
+    # 12 chars: "<if>:lbd" is 16. Its subnet is in 198.18.0.0/15 like the lab's, but no lab's /24.
+    ifname, vip = "lbdlongname0", ipaddress.ip_address("198.19.0.200")
     lab.exec("node", ["ip", "link", "add", ifname, "type", "veth", "peer", "name", "lbdlongname1"], check=True)
     try:
         lab.exec("node", ["ip", "link", "set", ifname, "up"], check=True)
-        lab.exec("node", ["ip", "addr", "add", "10.78.0.1/24", "dev", ifname], check=True)
+        lab.exec("node", ["ip", "addr", "add", "198.19.0.1/24", "dev", ifname], check=True)
         with AnnouncerProcess(lab, interfaces=(ifname,), garp_rounds=1, garp_interval=INTERVAL) as driver:
             assert driver.call("bind", ip=vip) == ifname
             address = {a["local"]: a for a in lab.addresses("node", ifname)}[str(vip)]
@@ -222,9 +223,9 @@ def test_another_mac_claiming_the_vip_is_counted_as_conflict(lab: Lab, driver: A
 def test_bind_errors_and_loopback(lab: Lab) -> None:
     with AnnouncerProcess(lab, interfaces=(), garp_rounds=1, garp_interval=INTERVAL) as driver:
         assert driver.call("interface_for", ip=lab.vip(9)) == "eth0"  # chosen by subnet
-        reply = driver.try_call("bind", ip="192.0.2.10")
+        reply = driver.try_call("bind", ip="198.19.255.10")  # in no subnet of the node's
         assert not reply["ok"] and reply["error"].startswith("NoInterfaceError")
-        assert "192.0.2.10" in reply["error"] and "interfaces" in reply["error"]
+        assert "198.19.255.10" in reply["error"] and "interfaces" in reply["error"]
         reply = driver.try_call("announce", ip=lab.vip(9))
         assert not reply["ok"] and "bind() it first" in reply["error"]
         assert driver.call("bind", ip="127.0.0.9") is None

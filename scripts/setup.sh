@@ -22,5 +22,5 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
-.venv/bin/python -c 'import lbd, uvloop, pyroute2, yaml, structlog, prometheus_client, pytest, hypothesis' \
+.venv/bin/python -c 'import lbd, uvloop, pyroute2, yaml, structlog, prometheus_client, pytest, hypothesis, scapy' \
   || { echo "setup: the venv is incomplete" >&2; exit 1; }

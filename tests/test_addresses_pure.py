@@ -25,13 +25,13 @@ SNAP = Snapshot(
     links=(LO, ETH0, ETH1, PORT, DOWN, LONG),
     addresses=(
         Address(ip("127.0.0.1"), 8, LO.index),
-        Address(ip("10.77.1.2"), 24, ETH0.index),
-        Address(ip("fd77:0:0:1::2"), 64, ETH0.index),
-        Address(ip("10.77.0.2"), 16, ETH1.index),  # a wider subnet holding 10.77.1.0/24 too
-        Address(ip("10.88.0.2"), 24, PORT.index),
-        Address(ip("10.99.0.2"), 24, DOWN.index),
-        Address(ip("172.16.0.2"), 24, LONG.index),
-        Address(ip("10.66.0.200"), 32, ETH1.index, label="eth1:lbd"),  # a VIP: connects nothing
+        Address(ip("198.18.1.2"), 24, ETH0.index),
+        Address(ip("2001:db8:0:1::2"), 64, ETH0.index),
+        Address(ip("198.18.0.2"), 16, ETH1.index),  # a wider subnet holding 198.18.1.0/24 too
+        Address(ip("198.19.88.2"), 24, PORT.index),
+        Address(ip("198.19.99.2"), 24, DOWN.index),
+        Address(ip("198.19.16.2"), 24, LONG.index),
+        Address(ip("198.19.66.200"), 32, ETH1.index, label="eth1:lbd"),  # a VIP: connects nothing
     ),
 )
 
@@ -43,31 +43,31 @@ def test_label_fits_ifnamsiz() -> None:
 
 
 def test_mark_is_proto_or_label() -> None:
-    assert addresses.is_marked(Address(ip("10.0.0.1"), 32, 2, proto=LBD_ADDR_PROTO), "eth0")
-    assert addresses.is_marked(Address(ip("fd77::1"), 128, 2, proto=LBD_ADDR_PROTO), "eth0")
-    assert addresses.is_marked(Address(ip("10.0.0.1"), 32, 2, label="eth0:lbd"), "eth0")
-    assert not addresses.is_marked(Address(ip("10.0.0.1"), 32, 2, label="eth0"), "eth0")
-    assert not addresses.is_marked(Address(ip("10.0.0.1"), 32, 2, proto=4), "eth0")
-    assert not addresses.is_marked(Address(ip("10.0.0.1"), 32, 2, label="eth0:lbd"), "eth1")
+    assert addresses.is_marked(Address(ip("198.18.0.1"), 32, 2, proto=LBD_ADDR_PROTO), "eth0")
+    assert addresses.is_marked(Address(ip("2001:db8::1"), 128, 2, proto=LBD_ADDR_PROTO), "eth0")
+    assert addresses.is_marked(Address(ip("198.18.0.1"), 32, 2, label="eth0:lbd"), "eth0")
+    assert not addresses.is_marked(Address(ip("198.18.0.1"), 32, 2, label="eth0"), "eth0")
+    assert not addresses.is_marked(Address(ip("198.18.0.1"), 32, 2, proto=4), "eth0")
+    assert not addresses.is_marked(Address(ip("198.18.0.1"), 32, 2, label="eth0:lbd"), "eth1")
 
 
 def test_snapshot_finds_marked_and_copies() -> None:
-    assert [(a.ip, link.name) for a, link in SNAP.marked()] == [(ip("10.66.0.200"), "eth1")]
-    assert [link.name for _, link in SNAP.find(ip("10.77.1.2"))] == ["eth0"]
+    assert [(a.ip, link.name) for a, link in SNAP.marked()] == [(ip("198.19.66.200"), "eth1")]
+    assert [link.name for _, link in SNAP.find(ip("198.18.1.2"))] == ["eth0"]
 
 
 @pytest.mark.parametrize(
     ("vip", "expected"),
     [
-        ("10.77.1.200", "eth0"),  # /24 on eth0 beats /16 on eth1
-        ("10.77.9.200", "eth1"),  # only eth1's /16 holds it
-        ("fd77:0:0:1::200", "eth0"),
-        ("172.16.0.200", "enp129s0f1np1"),
-        ("10.88.0.200", None),  # a bridge port is not an announce interface
-        ("10.99.0.200", None),  # down
+        ("198.18.1.200", "eth0"),  # /24 on eth0 beats /16 on eth1
+        ("198.18.9.200", "eth1"),  # only eth1's /16 holds it
+        ("2001:db8:0:1::200", "eth0"),
+        ("198.19.16.200", "enp129s0f1np1"),
+        ("198.19.88.200", None),  # a bridge port is not an announce interface
+        ("198.19.99.200", None),  # down
         ("127.0.0.200", None),  # loopback never
-        ("192.0.2.1", None),  # nobody's subnet
-        ("10.66.0.201", None),  # another VIP's /32 is no subnet
+        ("198.19.255.1", None),  # nobody's subnet
+        ("198.19.66.201", None),  # another VIP's /32 is no subnet
     ],
 )
 def test_choose_interface_automatic(vip: str, expected: str | None) -> None:
@@ -76,16 +76,16 @@ def test_choose_interface_automatic(vip: str, expected: str | None) -> None:
 
 def test_choose_interface_configured() -> None:
     # Among configured interfaces the subnet match wins, else the first configured one.
-    assert addresses.choose_interface(ip("10.77.1.200"), SNAP, ("eth1", "eth0")) == "eth0"
-    assert addresses.choose_interface(ip("192.0.2.1"), SNAP, ("eth1", "eth0")) == "eth1"
-    assert addresses.choose_interface(ip("192.0.2.1"), SNAP, ("nope", "eth2")) == "eth2"  # operator's word
-    assert addresses.choose_interface(ip("192.0.2.1"), SNAP, ("nope",)) is None
+    assert addresses.choose_interface(ip("198.18.1.200"), SNAP, ("eth1", "eth0")) == "eth0"
+    assert addresses.choose_interface(ip("198.19.255.1"), SNAP, ("eth1", "eth0")) == "eth1"
+    assert addresses.choose_interface(ip("198.19.255.1"), SNAP, ("nope", "eth2")) == "eth2"  # operator's word
+    assert addresses.choose_interface(ip("198.19.255.1"), SNAP, ("nope",)) is None
 
 
 def test_no_interface_message_names_the_fix() -> None:
-    message = addresses.no_interface_message(ip("192.0.2.1"), SNAP, ())
-    assert "192.0.2.1" in message and "interfaces" in message and "eth0" in message
-    message = addresses.no_interface_message(ip("192.0.2.1"), SNAP, ("nope",))
+    message = addresses.no_interface_message(ip("198.19.255.1"), SNAP, ())
+    assert "198.19.255.1" in message and "interfaces" in message and "eth0" in message
+    message = addresses.no_interface_message(ip("198.19.255.1"), SNAP, ("nope",))
     assert "nope" in message and "configuration" in message
 
 

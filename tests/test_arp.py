@@ -14,8 +14,8 @@ from lbd.net.arp import ArpDecodeError, ArpFrame, ArpOp, Sighting
 
 MAC = bytes.fromhex("02aabbccdd01")
 OTHER_MAC = bytes.fromhex("02aabbccdd99")
-VIP = ipaddress.IPv4Address("10.77.1.200")
-CLIENT = ipaddress.IPv4Address("10.77.1.100")
+VIP = ipaddress.IPv4Address("198.18.1.200")
+CLIENT = ipaddress.IPv4Address("198.18.1.100")
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def test_gratuitous_request_exact_bytes() -> None:
     assert frame == bytes.fromhex(
         "ffffffffffff" "02aabbccdd01" "0806"  # broadcast, from us, ARP
         "0001" "0800" "06" "04" "0001"  # Ethernet, IPv4, 6, 4, request
-        "02aabbccdd01" "0a4d01c8"  # sender: our MAC, the VIP
-        "000000000000" "0a4d01c8"  # target: zero MAC, the VIP
+        "02aabbccdd01" "c61201c8"  # sender: our MAC, the VIP (198.18.1.200)
+        "000000000000" "c61201c8"  # target: zero MAC, the VIP
     )
     assert len(frame) == arp.FRAME_LEN == 42
 

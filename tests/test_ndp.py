@@ -18,8 +18,8 @@ from lbd.net.ndp import NdpDecodeError, NdpFrame, NdpType
 
 MAC = bytes.fromhex("02aabbccdd01")
 OTHER_MAC = bytes.fromhex("02aabbccdd99")
-VIP = ipaddress.IPv6Address("fd77:0:0:1::200")
-CLIENT = ipaddress.IPv6Address("fd77:0:0:1::100")
+VIP = ipaddress.IPv6Address("2001:db8:0:1::200")
+CLIENT = ipaddress.IPv6Address("2001:db8:0:1::100")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_round_trip_solicited_advertisement() -> None:
 
 
 def test_solicited_node_group() -> None:
-    assert ndp.solicited_node(ipaddress.IPv6Address("fd77::1:2345:6789")) == ipaddress.IPv6Address(
+    assert ndp.solicited_node(ipaddress.IPv6Address("2001:db8::1:2345:6789")) == ipaddress.IPv6Address(
         "ff02::1:ff45:6789"
     )
 
@@ -204,12 +204,12 @@ def test_bpf_filter_keeps_arp_and_ndp_only(scapy) -> None:  # type: ignore[no-un
     from lbd.net.announcer import ARP_NDP_FILTER, SNAPLEN
 
     keep = [
-        *arp.gratuitous_pair(MAC, ipaddress.IPv4Address("10.0.0.1")),
+        *arp.gratuitous_pair(MAC, ipaddress.IPv4Address("198.18.1.200")),
         ndp.unsolicited_advertisement(MAC, VIP),
         solicitation(),
     ]
     drop = [
-        bytes(scapy.Ether() / scapy.IP(dst="10.0.0.1") / scapy.TCP()),
+        bytes(scapy.Ether() / scapy.IP(dst="198.18.1.200") / scapy.TCP()),
         bytes(scapy.Ether() / scapy.IPv6(dst=str(VIP)) / scapy.ICMPv6EchoRequest()),
         bytes(scapy.Ether() / scapy.IPv6(dst=str(VIP)) / scapy.UDP()),
         bytes(scapy.Ether() / scapy.IPv6(dst="ff02::16") / scapy.IPv6ExtHdrHopByHop() / scapy.ICMPv6MLReport2()),

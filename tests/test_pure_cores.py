@@ -17,6 +17,7 @@ PURE = [
     "plan.py",
     "status.py",
     "health/passive.py",
+    "net/ethernet.py",
     "net/arp.py",
     "net/ndp.py",
     *(str(p.relative_to(LBD)) for p in sorted((LBD / "config").glob("*.py"))),
@@ -38,3 +39,9 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", PURE)
 def test_core_imports_no_io(module: str) -> None:
     assert not imported_modules(LBD / module) & FORBIDDEN
+
+
+def test_lbd_never_imports_scapy() -> None:
+    """scapy is a test dependency only (pyproject's `test` extra): no lbd module, lab included, may need it."""
+    users = [str(p.relative_to(LBD)) for p in sorted(LBD.rglob("*.py")) if "scapy" in imported_modules(p)]
+    assert users == []

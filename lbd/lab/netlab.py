@@ -8,14 +8,16 @@
         lab.ping("client", lab.vip(0)), lab.neigh_mac("client", lab.vip(0))
         with lab.capture("client") as cap: ...; frames = cap.frames   # raw ARP/NDP frames
 
-Topology for run id ab12 and subnet index N (every link lives in the lab's namespaces; nothing
-is created in, or attached to, the host's namespace):
+Topology for run id ab12 and subnet index N (0-255; random 1-254 unless given). Every link lives
+in the lab's namespaces; nothing is created in, or attached to, the host's namespace. Addresses
+come only from ranges no real network uses: 198.18.0.0/15 (RFC 2544, benchmarking) and
+2001:db8::/32 (RFC 3849, documentation); N is decimal in IPv4 and hex in IPv6.
 
     lbdt-ab12-sw         br0: the switch, ports p-client, p-node, p-backend-1, ...
-    lbdt-ab12-client     eth0  10.77.N.100/24  fd77:0:0:N::100/64
-    lbdt-ab12-node       eth0  10.77.N.2/24    fd77:0:0:N::2/64     (node-2: .3, node-3: .4)
-    lbdt-ab12-backend-1  eth0  10.77.N.11/24   fd77:0:0:N::11/64    (backend-2: .12, ...)
-    VIP pool             10.77.N.200-10.77.N.220 and fd77:0:0:N::200-fd77:0:0:N::220
+    lbdt-ab12-client     eth0  198.18.N.100/24  2001:db8:0:N::100/64
+    lbdt-ab12-node       eth0  198.18.N.2/24    2001:db8:0:N::2/64     (node-2: .3, node-3: .4)
+    lbdt-ab12-backend-1  eth0  198.18.N.11/24   2001:db8:0:N::11/64    (backend-2: .12, ...)
+    VIP pool             198.18.N.200-198.18.N.220 and 2001:db8:0:N::200-2001:db8:0:N::220
 
 Files (captures, helper logs) go to `lab.tmpdir`. Cleanup happens on close/`with` exit, when
 the Lab is garbage collected or the interpreter exits (weakref.finalize, atexit), and on
@@ -56,6 +58,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from lbd.net.ethernet import ETH_P_ARP, ETH_P_IPV6, HEADER_LEN, decode_header
 from lbd.net.ndp import inet_checksum
 
 PREFIX = "lbdt-"
@@ -69,11 +72,12 @@ READY_TIMEOUT = 10.0  # seconds for a helper process to say READY
 UNOWNED_MIN_AGE = 600.0  # seconds: an lbdt- namespace nobody claims is only swept when older
 CAPTURE_MAX_SECONDS = 60.0  # a capture stops by itself after this, whatever happens
 CAPTURE_MAX_FRAMES = 10_000
-ETH_P_ALL = 0x0003
-ETH_P_ARP = 0x0806
-ETH_P_IPV6 = 0x86DD
-SUBNET4 = "10.77.{n}.0/24"
-SUBNET6 = "fd77:0:0:{n:x}::/64"
+ETH_P_ALL = 0x0003  # a packet socket's "every protocol"
+# Lab subnets: inside 198.18.0.0/15 (RFC 2544) and 2001:db8::/32 (RFC 3849), never a private
+# range a real network uses, so a lab can never be mistaken for (or leak into) a real network.
+SUBNET4 = "198.18.{n}.0/24"
+SUBNET6 = "2001:db8:0:{n:x}::/64"
+SUBNET_INDEXES = range(0, 256)  # N in both templates; a random lab picks 1-254
 HOST_NUMBERS = {"client": 100, "node": 2}  # node-K: 1 + K; backend-K: 10 + K
 VIP_FIRST, VIP_LAST = 200, 220  # VIP pool host numbers, in both families
 HERE = Path(__file__).resolve().parent
@@ -275,6 +279,8 @@ class Lab:
     def __init__(self, *, backends: int = 3, nodes: int = 1, subnet: int | None = None, run_id: str | None = None):
         if not 1 <= nodes <= 8 or not 0 <= backends <= 50:
             raise ValueError("nodes must be 1-8 and backends 0-50")
+        if subnet is not None and subnet not in SUBNET_INDEXES:
+            raise ValueError("subnet must be 0-255 (the third octet of 198.18.N.0/24)")
         self.run_id = run_id or secrets.token_hex(2)
         self.subnet_index = subnet if subnet is not None else 1 + secrets.randbelow(254)
         self.subnet4 = ipaddress.IPv4Network(SUBNET4.format(n=self.subnet_index))
@@ -599,7 +605,7 @@ def _capture_main(iface: str, out: Path, ethertypes: set[int], max_seconds: floa
             if not ready:
                 continue
             frame = sock.recv(65535)
-            if len(frame) < 14 or int.from_bytes(frame[12:14], "big") not in ethertypes:
+            if len(frame) < HEADER_LEN or decode_header(frame).ethertype not in ethertypes:
                 continue
             now = time.time()
             pcap.write(_PCAP_RECORD.pack(int(now), int(now % 1 * 1e6), len(frame), len(frame)) + frame)

@@ -18,17 +18,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
-ETH_P_ARP = 0x0806  # EtherType of ARP (IEEE 802 numbers / include/uapi/linux/if_ether.h)
-ETH_P_IP = 0x0800  # ARP's protocol type for IPv4
+from lbd.net import ethernet
+
+# The Ethernet names this module has always offered (lbd.net.announcer and tests use them).
+from lbd.net.ethernet import BROADCAST_MAC as BROADCAST_MAC
+from lbd.net.ethernet import ETH_P_ARP as ETH_P_ARP  # EtherType of ARP
+from lbd.net.ethernet import ETH_P_IP as ETH_P_IP  # ARP's protocol type for IPv4
+from lbd.net.ethernet import HEADER_LEN as ETHERNET_HEADER_LEN  # 14
+from lbd.net.ethernet import format_mac as format_mac
+from lbd.net.ethernet import parse_mac as parse_mac
+
 HTYPE_ETHERNET = 1  # ARP hardware type for Ethernet (RFC 826)
-BROADCAST_MAC = b"\xff" * 6
 ZERO_MAC = b"\x00" * 6
 UNSPECIFIED_IPV4 = ipaddress.IPv4Address(0)
 
-_ETHERNET = struct.Struct("!6s6sH")  # destination, source, EtherType
 _ARP = struct.Struct("!HHBBH6s4s6s4s")  # htype, ptype, hlen, plen, op, sha, spa, tha, tpa
-ETHERNET_HEADER_LEN = _ETHERNET.size  # 14
-FRAME_LEN = _ETHERNET.size + _ARP.size  # 42: Ethernet header + 28-byte ARP body
+FRAME_LEN = ETHERNET_HEADER_LEN + _ARP.size  # 42: Ethernet header + 28-byte ARP body
 
 # MetalLB's numbers. It sends for 5 s once every 1100 ms, i.e. 5 rounds (internal/layer2/
 # announcer.go, spamLoop). The 1.1 s comes from metallb/metallb#172: a bit longer than Linux's
@@ -87,24 +92,11 @@ class ArpFrame:
         return self.sender_ip == UNSPECIFIED_IPV4
 
 
-def parse_mac(text: str) -> bytes:
-    """'aa:bb:cc:dd:ee:ff' -> 6 bytes."""
-    parts = text.replace("-", ":").split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise ValueError(f"not a MAC address: {text!r}")
-    return bytes(int(p, 16) for p in parts)
-
-
-def format_mac(mac: bytes) -> str:
-    """6 bytes -> 'aa:bb:cc:dd:ee:ff' (the form `ip link` prints and logs use)."""
-    return ":".join(f"{b:02x}" for b in mac)
-
-
 def encode(frame: ArpFrame) -> bytes:
     for name in ("eth_dst", "eth_src", "sender_mac", "target_mac"):
         if len(getattr(frame, name)) != 6:
             raise ValueError(f"{name} must be 6 bytes, got {getattr(frame, name)!r}")
-    return _ETHERNET.pack(frame.eth_dst, frame.eth_src, ETH_P_ARP) + _ARP.pack(
+    return ethernet.encode_header(frame.eth_dst, frame.eth_src, ETH_P_ARP) + _ARP.pack(
         HTYPE_ETHERNET,
         ETH_P_IP,
         6,
@@ -120,17 +112,17 @@ def encode(frame: ArpFrame) -> bytes:
 def decode(data: bytes) -> ArpFrame:
     if len(data) < FRAME_LEN:
         raise ArpDecodeError(f"frame too short for ARP: {len(data)} < {FRAME_LEN} bytes")
-    eth_dst, eth_src, ethertype = _ETHERNET.unpack_from(data)
-    if ethertype != ETH_P_ARP:
-        raise ArpDecodeError(f"EtherType 0x{ethertype:04x} is not ARP")
+    eth = ethernet.decode_header(data)  # long enough: checked above
+    if eth.ethertype != ETH_P_ARP:
+        raise ArpDecodeError(f"EtherType 0x{eth.ethertype:04x} is not ARP")
     htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _ARP.unpack_from(data, ETHERNET_HEADER_LEN)
     if (htype, ptype, hlen, plen) != (HTYPE_ETHERNET, ETH_P_IP, 6, 4):
         raise ArpDecodeError(f"not Ethernet/IPv4 ARP: htype={htype} ptype=0x{ptype:04x} hlen={hlen} plen={plen}")
     if op not in (ArpOp.REQUEST, ArpOp.REPLY):
         raise ArpDecodeError(f"ARP operation {op} is neither request nor reply")
     return ArpFrame(
-        eth_dst=eth_dst,
-        eth_src=eth_src,
+        eth_dst=eth.dst,
+        eth_src=eth.src,
         op=ArpOp(op),
         sender_mac=sha,
         sender_ip=ipaddress.IPv4Address(spa),

@@ -17,9 +17,11 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from lbd.net import ethernet
 from lbd.net.arp import Seen, Sighting
+from lbd.net.ethernet import ETH_P_IPV6 as ETH_P_IPV6  # EtherType of IPv6 (lbd.net.announcer uses ndp's)
+from lbd.net.ethernet import HEADER_LEN as ETHERNET_HEADER_LEN  # 14
 
-ETH_P_IPV6 = 0x86DD  # EtherType of IPv6
 IPPROTO_ICMPV6 = 58
 NDP_HOP_LIMIT = 255  # RFC 4861 §7.1: a node drops NDP that a router may have forwarded
 ALL_NODES = ipaddress.IPv6Address("ff02::1")  # where unsolicited advertisements go (§7.2.6)
@@ -29,11 +31,9 @@ FLAG_ROUTER = 0x80
 FLAG_SOLICITED = 0x40
 FLAG_OVERRIDE = 0x20
 
-_ETHERNET = struct.Struct("!6s6sH")
 _IPV6 = struct.Struct("!IHBB16s16s")  # version/class/flow, payload length, next header, hop limit, src, dst
 _ND_BODY = struct.Struct("!BBHB3x16s")  # type, code, checksum, flags (NA; 0 in NS), reserved, target
 _OPTION_HEADER = struct.Struct("!BB")  # type, length in units of 8 bytes
-ETHERNET_HEADER_LEN = _ETHERNET.size
 IPV6_HEADER_LEN = _IPV6.size
 ICMPV6_OFFSET = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN  # 54
 MIN_FRAME_LEN = ICMPV6_OFFSET + _ND_BODY.size  # 78
@@ -115,15 +115,15 @@ def encode(frame: NdpFrame) -> bytes:
     ipv6 = _IPV6.pack(
         6 << 28, len(body), IPPROTO_ICMPV6, frame.hop_limit, frame.src_ip.packed, frame.dst_ip.packed
     )
-    return _ETHERNET.pack(frame.eth_dst, frame.eth_src, ETH_P_IPV6) + ipv6 + body
+    return ethernet.encode_header(frame.eth_dst, frame.eth_src, ETH_P_IPV6) + ipv6 + body
 
 
 def decode(data: bytes) -> NdpFrame:
     if len(data) < MIN_FRAME_LEN:
         raise NdpDecodeError(f"frame too short for NDP: {len(data)} < {MIN_FRAME_LEN} bytes")
-    eth_dst, eth_src, ethertype = _ETHERNET.unpack_from(data)
-    if ethertype != ETH_P_IPV6:
-        raise NdpDecodeError(f"EtherType 0x{ethertype:04x} is not IPv6")
+    eth = ethernet.decode_header(data)  # long enough: checked above
+    if eth.ethertype != ETH_P_IPV6:
+        raise NdpDecodeError(f"EtherType 0x{eth.ethertype:04x} is not IPv6")
     vtf, payload_len, next_header, hop_limit, src, dst = _IPV6.unpack_from(data, ETHERNET_HEADER_LEN)
     if vtf >> 28 != 6:
         raise NdpDecodeError(f"IP version {vtf >> 28} is not 6")
@@ -154,8 +154,8 @@ def decode(data: bytes) -> NdpFrame:
         offset += opt_len
     ndp_type = NdpType(kind)
     return NdpFrame(
-        eth_dst=eth_dst,
-        eth_src=eth_src,
+        eth_dst=eth.dst,
+        eth_src=eth.src,
         src_ip=src_ip,
         dst_ip=dst_ip,
         type=ndp_type,

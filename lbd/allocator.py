@@ -126,6 +126,12 @@ def allocate(pools: Sequence[Pool], services: Sequence[Service], previous: Mappi
     for service in newcomers:
         results[service.key] = _assign_new(service, ledger)
 
+    # A refused request names who holds the IP. Say it as of the final ledger, so the reason
+    # does not depend on the order services were placed in (I4): holders only ever join.
+    for service in newcomers:
+        if results[service.key].ip is None and service.requested_ips:
+            results[service.key] = _pending(service, _request_refusal(service, ledger))
+
     return Allocation({key: results[key] for key in sorted(results)})
 
 
@@ -225,22 +231,28 @@ def _assign_new(service: Service, ledger: _Ledger) -> Assignment:
     return _assign_from_pools(service, tuple(p for p in ledger.pools if p.auto_assign), ledger)
 
 
-def _assign_requested(service: Service, ledger: _Ledger) -> Assignment:
+def _requested_candidates(service: Service) -> list[IPAddress]:
+    # At most one request per family; in family preference order.
     families = _families(service)
-    # At most one request per family; try them in family preference order.
-    candidates = [ip for family in families for ip in dict.fromkeys(service.requested_ips) if ip.version == family]
-    if not candidates:
-        asked = ", ".join(str(ip) for ip in service.requested_ips)
-        return _pending(service, f"requested IP {asked} is not {_family_text(families)} as ipFamilies asks")
-    reasons: list[str] = []
-    for ip in candidates:
-        problem = _request_problem(service, ip, ledger)
-        if problem is None:
+    return [ip for family in families for ip in dict.fromkeys(service.requested_ips) if ip.version == family]
+
+
+def _assign_requested(service: Service, ledger: _Ledger) -> Assignment:
+    for ip in _requested_candidates(service):
+        if _request_problem(service, ip, ledger) is None:
             pool = ledger.pool_of(ip)
             assert pool is not None  # _request_problem checked it
             return ledger.place(service, ip, pool)
-        reasons.append(problem)
-    return _pending(service, "; ".join(reasons))
+    return _pending(service, _request_refusal(service, ledger))
+
+
+def _request_refusal(service: Service, ledger: _Ledger) -> str:
+    """Why none of the service's requested IPs can be given to it now."""
+    candidates = _requested_candidates(service)
+    if not candidates:
+        asked = ", ".join(str(ip) for ip in service.requested_ips)
+        return f"requested IP {asked} is not {_family_text(_families(service))} as ipFamilies asks"
+    return "; ".join(problem for ip in candidates if (problem := _request_problem(service, ip, ledger)) is not None)
 
 
 def _request_problem(service: Service, ip: IPAddress, ledger: _Ledger) -> str | None:
@@ -309,6 +321,7 @@ class _Ledger:
         holders = self._holders.get(ip)
         if not holders:
             return None
+        holders = sorted(holders, key=lambda h: h.key)
         reason = _sharing_conflict(service, holders)
         if reason is None:
             return None

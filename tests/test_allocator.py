@@ -117,6 +117,24 @@ def test_explicit_ip_already_taken_without_sharing_is_pending() -> None:
     )
 
 
+def test_refused_request_names_every_holder_whatever_the_placement_order() -> None:
+    # Found by hypothesis: "a" (requested) and "b" (automatic, same key) share .205; "x" asks
+    # for .205 without a key. Fresh, x was refused before b joined; from the state file b is
+    # placed first. The reason must not depend on that (a restart is a no-op, invariant I4).
+    one = pool("one", rng("192.168.1.205"))
+    services = [
+        svc("a", port(80), requested_ips=(ip("192.168.1.205"),), allow_shared_ip="k"),
+        svc("b", port(81), allow_shared_ip="k"),
+        svc("x", port(82), requested_ips=(ip("192.168.1.205"),)),
+    ]
+    fresh = allocate([one], services, {})
+    assert reason(fresh, "default/x") == (
+        "192.168.1.205 is already in use by default/a, default/b "
+        "(sharing not allowed: this service has no allow-shared-ip key)"
+    )
+    assert allocate([one], services, fresh.sticky()) == fresh
+
+
 def test_explicit_buggy_ip_in_avoid_buggy_pool_is_pending() -> None:
     buggy = pool("b", cidr("10.0.0.0/24"), buggy=True)
     result = allocate([buggy], [svc("web", requested_ips=(ip("10.0.0.255"),))], {})

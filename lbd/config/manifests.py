@@ -19,8 +19,19 @@ from typing import Any
 
 import structlog
 
-from lbd.config import fields as v
-from lbd.config.fields import Collected, Fields, Loc, PlacedService, SpecDraft
+from lbd.config import pools, probes
+from lbd.config import values as v
+from lbd.config.annotations import ServiceAnnotations, service_annotations
+from lbd.config.collected import Collected
+from lbd.config.reading import Fields, Loc, choice, describe, show
+from lbd.config.services import (
+    PROTOCOLS,
+    SERVICE_SPEC_FIELDS,
+    PlacedService,
+    SpecDraft,
+    build_service,
+    service_spec,
+)
 from lbd.config.yamlsrc import YMap
 from lbd.model import DEFAULT_NAMESPACE, Endpoint, Probe, ServicePort, ServiceType
 
@@ -118,7 +129,7 @@ class ServiceDraft:
     name: str
     namespace: str
     spec: SpecDraft
-    annotations: v.ServiceAnnotations
+    annotations: ServiceAnnotations
     name_loc: Loc
 
 
@@ -177,7 +188,7 @@ class ManifestSet:
         kind, api_version = content.get("kind"), content.get("apiVersion")
         if not isinstance(kind, str) or not kind:
             loc.key("kind", content.value_line("kind")).error(
-                "required field is missing" if kind is None else f"expected a string, got {v.describe(kind)}"
+                "required field is missing" if kind is None else f"expected a string, got {describe(kind)}"
             )
             return
         meta = content.get("metadata")
@@ -199,7 +210,7 @@ class ManifestSet:
             if api_version is None:
                 where.error(f"required field is missing (a {kind} is {expected_api!r})")
             else:
-                where.error(f"{v.show(api_version)} is not the apiVersion of {kind} (expected {expected_api!r})")
+                where.error(f"{show(api_version)} is not the apiVersion of {kind} (expected {expected_api!r})")
             return
         read(self, content, loc, into)
 
@@ -209,7 +220,7 @@ class ManifestSet:
             if isinstance(item, YMap):
                 self.add(item, where, into)
             else:
-                where.error(f"expected a Kubernetes object, got {v.describe(item)}")
+                where.error(f"expected a Kubernetes object, got {describe(item)}")
 
     @staticmethod
     def _metadata(f: Fields, rule: v.NameRule, what: str) -> ObjectMeta:
@@ -241,7 +252,7 @@ class ManifestSet:
         spec = f.sub("spec", POOL_SPEC_FIELDS, ignored=("serviceAllocation",))
         if "serviceAllocation" in spec:
             spec.key_at("serviceAllocation").warn("serviceAllocation is not supported by lbd; ignored")
-        draft = v.pool(meta.name or "", spec, meta.name_loc)
+        draft = pools.pool(meta.name or "", spec, meta.name_loc)
         if meta.name is not None:
             into.pools.append(draft)
 
@@ -265,7 +276,7 @@ class ManifestSet:
     def _service(self, content: YMap, loc: Loc, into: Collected) -> None:
         f = Fields(content, self._object_loc(content, loc, "Service"), OBJECT_FIELDS, ignored=OBJECT_IGNORED)
         meta = self._metadata(f, v.DNS1035_LABEL, "Service name")
-        spec_fields = f.sub("spec", v.SERVICE_SPEC_FIELDS, ignored=SERVICE_SPEC_IGNORED)
+        spec_fields = f.sub("spec", SERVICE_SPEC_FIELDS, ignored=SERVICE_SPEC_IGNORED)
         if spec_fields.get("type") == "ExternalName":  # a DNS alias: nothing to balance
             log.debug("manifest_skipped", kind="Service", name=meta.name, file=loc.file, reason="ExternalName")
             return
@@ -274,8 +285,8 @@ class ManifestSet:
                 spec_fields.key_at(key).warn(f"{key} is not enforced by lbd; ignored")
         if "loadBalancerClass" in spec_fields:
             log.debug("service_field_ignored", field="loadBalancerClass", name=meta.name, file=loc.file)
-        spec = v.service_spec(spec_fields, ServiceType.CLUSTER_IP, port_ignored=SERVICE_PORT_IGNORED)
-        annotations = v.service_annotations(meta.annotations, meta.annotations_loc)
+        spec = service_spec(spec_fields, ServiceType.CLUSTER_IP, port_ignored=SERVICE_PORT_IGNORED)
+        annotations = service_annotations(meta.annotations, meta.annotations_loc)
         if meta.name is not None:
             self.services.append(ServiceDraft(meta.name, meta.namespace, spec, annotations, meta.name_loc))
 
@@ -285,7 +296,7 @@ class ManifestSet:
             p = Fields(item, where, ENDPOINT_PORT_FIELDS, ignored=ENDPOINT_PORT_IGNORED)
             port_name = p.string("name", default="") or ""
             if "protocol" in p:
-                v.choice(p.get("protocol"), p.at("protocol"), v.PROTOCOLS, None)
+                choice(p.get("protocol"), p.at("protocol"), PROTOCOLS, None)
             # A slice port without a number means "all ports" (never for a Service's slices).
             if "port" in p and (number := v.port(p.get("port"), p.at("port"))) is not None:
                 ports.setdefault(port_name, (number, p.at("port")))
@@ -301,7 +312,7 @@ class ManifestSet:
             f.at("addressType").warn("FQDN EndpointSlices are not supported by lbd; this slice is ignored")
             return
         if address_type is not None and family is None:
-            v.choice(address_type, f.at("addressType"), {"IPv4": 4, "IPv6": 6, "FQDN": 0}, 0)
+            choice(address_type, f.at("addressType"), {"IPv4": 4, "IPv6": 6, "FQDN": 0}, 0)
         endpoints: list[Endpoint] = []
         for _, item, where in f.items("endpoints"):
             e = Fields(item, where, SLICE_ENDPOINT_FIELDS, ignored=SLICE_ENDPOINT_IGNORED)
@@ -368,7 +379,7 @@ class ManifestSet:
                 def resolve(port_name: str, own: dict[str, int] = ports) -> int | None:
                     return own.get(port_name, pod_ports.get(port_name))
 
-                probe = v.probe(
+                probe = probes.probe(
                     c.get("readinessProbe"), c.at("readinessProbe"), resolve,
                     "no container port has that name", ignored=PROBE_IGNORED, unsupported_is_error=False,
                 )
@@ -382,7 +393,7 @@ class ManifestSet:
             p = Fields(item, where, CONTAINER_PORT_FIELDS, ignored=CONTAINER_PORT_IGNORED)
             number = v.port(p.get("containerPort"), p.at("containerPort")) if p.require("containerPort") else None
             if "protocol" in p:
-                v.choice(p.get("protocol"), p.at("protocol"), {**v.PROTOCOLS, "SCTP": None}, None)
+                choice(p.get("protocol"), p.at("protocol"), {**PROTOCOLS, "SCTP": None}, None)
             if "name" in p:
                 port_name = v.name(p.get("name"), p.at("name"), v.IANA_SVC_NAME, "port name")
                 if port_name is not None and number is not None:
@@ -437,7 +448,7 @@ class ManifestSet:
                 endpoints.setdefault(endpoint.address, endpoint)
 
         probe = next((c.probe for w in workloads for c in w.containers if c.probe is not None), None)
-        service = v.build_service(
+        service = build_service(
             draft.name, draft.namespace, draft.spec, draft.annotations, tuple(ports),
             tuple(endpoints.values()), probe,
         )

@@ -180,6 +180,3 @@ class Model:
 
     def service(self, key: str) -> Service | None:
         return next((s for s in self.services if s.key == key), None)
-
-    def pool(self, name: str) -> Pool | None:
-        return next((p for p in self.pools if p.name == name), None)

@@ -97,12 +97,19 @@ class ServicePort:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A backend address. `port` overrides the service's targetPort (single-port services only)."""
+    """A backend address. `port` overrides the service's targetPort (single-port services only).
+
+    The conditions are discovery/v1 EndpointConditions': `ready` (serving and not terminating),
+    `serving` (answering, terminating or not) and `terminating`. An absent `serving` defers to
+    `ready`; the config readers do that defaulting, so here it is a plain bool.
+    """
 
     address: IPAddress
     port: int | None = None
     node_name: str | None = None
     ready: bool = True
+    serving: bool = True
+    terminating: bool = False
 
     def target_port(self, service_port: ServicePort) -> int:
         return self.port if self.port is not None else service_port.target_port

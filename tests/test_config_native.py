@@ -131,7 +131,7 @@ def test_full_service_from_the_brief(config_file):
             Endpoint(ip("10.0.0.12")),
             Endpoint(ip("10.0.0.13"), 9090),
             Endpoint(ip("10.0.0.14"), node_name="node-b"),
-            Endpoint(ip("10.0.0.15"), ready=False),
+            Endpoint(ip("10.0.0.15"), ready=False, serving=False),  # an absent serving follows ready
         ),
         selector=(("app", "shop"), ("tier", "web")),  # sorted: declaration order must not matter
         requested_ips=(ip("192.168.1.205"),),
@@ -143,6 +143,26 @@ def test_full_service_from_the_brief(config_file):
         readiness_probe=Probe(HTTPGetAction(8080, "/health"), period_seconds=5),
         idle_timeout_seconds=5400.0,
     )
+
+
+@pytest.mark.parametrize(
+    ("written", "ready", "serving", "terminating"),
+    [
+        ("{address: 10.0.0.1}", True, True, False),
+        ("{address: 10.0.0.1, ready: true}", True, True, False),
+        ("{address: 10.0.0.1, ready: false}", False, False, False),  # serving follows ready when absent
+        ("{address: 10.0.0.1, ready: false, serving: true, terminating: true}", False, True, True),
+        ("{address: 10.0.0.1, ready: false, serving: false, terminating: true}", False, False, True),
+        ("{address: 10.0.0.1, serving: false}", True, False, False),
+        ("{address: 10.0.0.1, terminating: false}", True, True, False),
+        ("10.0.0.1", True, True, False),
+    ],
+)
+def test_endpoint_conditions(config_file, written, ready, serving, terminating):
+    path = config_file(f"services: [{{name: web, ports: [{{port: 80}}], endpoints: [{written}]}}]")
+    (endpoint,) = load([path]).model.service("default/web").endpoints
+    assert (endpoint.ready, endpoint.serving, endpoint.terminating) == (ready, serving, terminating)
+    assert endpoint == Endpoint(ip("10.0.0.1"), None, None, ready, serving, terminating)
 
 
 def test_endpoint_port_overrides_target_port(config_file):

@@ -62,8 +62,7 @@ L2_SPEC_IGNORED = ("ipAddressPools", "ipAddressPoolSelectors", "nodeSelectors")
 SLICE_FIELDS = ("apiVersion", "kind", "metadata", "addressType", "endpoints", "ports")
 SLICE_ENDPOINT_FIELDS = ("addresses", "conditions", "nodeName")
 SLICE_ENDPOINT_IGNORED = ("hostname", "targetRef", "zone", "hints", "deprecatedTopology")
-CONDITION_FIELDS = ("ready",)
-CONDITION_IGNORED = ("serving", "terminating")
+CONDITION_FIELDS = ("ready", "serving", "terminating")
 ENDPOINT_PORT_FIELDS = ("name", "port", "protocol")
 ENDPOINT_PORT_IGNORED = ("appProtocol",)
 ENDPOINTS_FIELDS = ("apiVersion", "kind", "metadata", "subsets")
@@ -316,8 +315,12 @@ class ManifestSet:
         endpoints: list[Endpoint] = []
         for _, item, where in f.items("endpoints"):
             e = Fields(item, where, SLICE_ENDPOINT_FIELDS, ignored=SLICE_ENDPOINT_IGNORED)
-            # Kubernetes: "consumers should interpret an unknown (absent) ready state as ready".
-            ready = e.sub("conditions", CONDITION_FIELDS, ignored=CONDITION_IGNORED).boolean("ready", True)
+            # discovery/v1: an absent ready means ready, an absent serving "should defer to the
+            # ready condition", an absent terminating means not terminating.
+            conditions = e.sub("conditions", CONDITION_FIELDS)
+            ready = conditions.boolean("ready", True)
+            serving = conditions.boolean("serving", ready)
+            terminating = conditions.boolean("terminating", False)
             node_name = e.string("nodeName")
             for _, address_value, address_loc in e.items("addresses", required=True):
                 address = v.endpoint_ip(address_value, address_loc)
@@ -326,7 +329,7 @@ class ManifestSet:
                 if family is not None and address.version != family:
                     address_loc.error(f"{address} is not an {address_type} address (the slice's addressType)")
                     continue
-                endpoints.append(Endpoint(address, None, node_name, ready))
+                endpoints.append(Endpoint(address, None, node_name, ready, serving, terminating))
         ports = self._endpoint_ports(f, "ports")
         service_name = meta.labels.get(SERVICE_NAME_LABEL)
         if service_name is None:
@@ -342,12 +345,16 @@ class ManifestSet:
         for _, subset, where in f.items("subsets"):
             s = Fields(subset, where, SUBSET_FIELDS)
             endpoints: list[Endpoint] = []
+            # v1 Endpoints has no serving or terminating: a not-ready address is neither serving
+            # nor known to be terminating (what the EndpointSlice mirroring controller writes).
             for key, ready in (("addresses", True), ("notReadyAddresses", False)):
                 for _, item, address_loc in s.items(key):
                     a = Fields(item, address_loc, ADDRESS_FIELDS, ignored=ADDRESS_IGNORED)
                     address = v.endpoint_ip(a.get("ip"), a.at("ip")) if a.require("ip") else None
                     if address is not None:
-                        endpoints.append(Endpoint(address, None, a.string("nodeName"), ready))
+                        endpoints.append(
+                            Endpoint(address, None, a.string("nodeName"), ready, serving=ready, terminating=False)
+                        )
             group = EndpointGroup(here.obj or "Endpoints", tuple(endpoints), self._endpoint_ports(s, "ports"))
             if meta.name is not None:
                 self.endpoints.append((_Target(meta.namespace, meta.name, here), group))

@@ -20,7 +20,7 @@ from lbd.model import DEFAULT_NAMESPACE, Endpoint, IPAddress, ServicePort, Servi
 TOP_FIELDS = ("interfaces", "pools", "services")
 POOL_FIELDS = ("name", "addresses", "autoAssign", "avoidBuggyIPs")
 SERVICE_FIELDS = ("name", "namespace", "annotations", "endpoints", "readinessProbe", *SERVICE_SPEC_FIELDS)
-ENDPOINT_FIELDS = ("address", "port", "nodeName", "ready")
+ENDPOINT_FIELDS = ("address", "port", "nodeName", "ready", "serving", "terminating")
 
 
 def read(content: YMap, loc: Loc, into: Collected) -> None:
@@ -92,11 +92,14 @@ def _service(item: Any, where: Loc, position: int, into: Collected) -> None:
 
 
 def _endpoints(f: Fields, port_count: int) -> tuple[Endpoint, ...]:
-    """`endpoints`: 'IP', 'IP:PORT', '[IPv6]:PORT' or {address, port, nodeName, ready}."""
+    """`endpoints`: 'IP', 'IP:PORT', '[IPv6]:PORT' or {address, port, nodeName, ready, serving, terminating}.
+
+    The conditions default as in an EndpointSlice: ready true, serving as ready, terminating false.
+    """
     endpoints: list[Endpoint] = []
     seen: dict[tuple[IPAddress, int | None], int] = {}
     for position, item, where in f.items("endpoints"):
-        node_name, ready, number = None, True, None
+        node_name, ready, serving, terminating, number = None, True, True, False, None
         if isinstance(item, str):
             parsed = v.endpoint_text(item, where)
             if parsed is None:
@@ -109,6 +112,8 @@ def _endpoints(f: Fields, port_count: int) -> tuple[Endpoint, ...]:
                 number = v.port(e.get("port"), e.at("port"))
             node_name = e.string("nodeName")
             ready = e.boolean("ready", True)
+            serving = e.boolean("serving", ready)
+            terminating = e.boolean("terminating", False)
             if address is None:
                 continue
         else:
@@ -125,5 +130,5 @@ def _endpoints(f: Fields, port_count: int) -> tuple[Endpoint, ...]:
             where.error(f"duplicate endpoint {shown} (also endpoints[{seen[address, number]}])")
             continue
         seen[address, number] = position
-        endpoints.append(Endpoint(address, number, node_name, ready))
+        endpoints.append(Endpoint(address, number, node_name, ready, serving, terminating))
     return tuple(endpoints)

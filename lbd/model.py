@@ -97,7 +97,12 @@ class ServicePort:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A backend address. `port` overrides the service's targetPort (single-port services only)."""
+    """A backend address. `port` overrides the service's targetPort (single-port services only).
+
+    The conditions are discovery/v1 EndpointConditions': `ready` (serving and not terminating),
+    `serving` (answering, terminating or not) and `terminating`. Absent, `ready` and `serving`
+    are true and `terminating` false, as discovery/v1 and kube-proxy read them.
+    """
 
     address: IPAddress
     port: int | None = None
@@ -182,6 +187,3 @@ class Model:
 
     def service(self, key: str) -> Service | None:
         return next((s for s in self.services if s.key == key), None)
-
-    def pool(self, name: str) -> Pool | None:
-        return next((p for p in self.pools if p.name == name), None)

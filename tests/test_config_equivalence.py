@@ -32,6 +32,7 @@ services:
     endpoints:
       - {address: 10.244.1.10, nodeName: node-a}
       - {address: 10.244.2.10, nodeName: node-b, ready: false}
+      - {address: 10.244.3.10, nodeName: node-c, ready: false, serving: true, terminating: true}
     readinessProbe:
       httpGet: {path: /healthz, port: http, httpHeaders: [{name: X-Probe, value: lbd}]}
       periodSeconds: 5
@@ -44,7 +45,7 @@ services:
     ports:
       - {name: dns, port: 53, targetPort: 53, protocol: UDP}
       - {name: dns-tcp, port: 53, targetPort: 53, protocol: TCP}
-    endpoints: [10.244.1.53, 10.244.2.53]
+    endpoints: [10.244.1.53, 10.244.2.53, {address: 10.244.3.53, ready: false, serving: false}]
     readinessProbe:
       tcpSocket: {port: 53}
   - name: metrics
@@ -133,6 +134,9 @@ endpoints:
   - addresses: [10.244.2.10]
     conditions: {ready: false}
     nodeName: node-b
+  - addresses: [10.244.3.10]
+    conditions: {ready: false, serving: true, terminating: true}
+    nodeName: node-c
 """
 
 DNS_AND_METRICS = """
@@ -172,6 +176,7 @@ items:
     metadata: {name: dns, namespace: kube-system}
     subsets:
       - addresses: [{ip: 10.244.1.53}, {ip: 10.244.2.53}]
+        notReadyAddresses: [{ip: 10.244.3.53}]
         ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53}]
   - apiVersion: v1
     kind: Service
@@ -214,10 +219,15 @@ def test_realistic_setup_is_equal_both_ways(config_file):
     assert shop.session_affinity is SessionAffinity.CLIENT_IP and shop.affinity_timeout_seconds == 1800
     assert [p.target_port for p in shop.ports] == [8080, 8443]
     assert shop.readiness_probe.action.port == 8080 and shop.readiness_probe.period_seconds == 5
-    assert [e.ready for e in shop.endpoints] == [True, False]
+    assert [(e.ready, e.serving, e.terminating) for e in shop.endpoints] == [
+        (True, True, False), (False, True, False), (False, True, True),
+    ]
     dns = model.service("kube-system/dns")
     assert {p.protocol for p in dns.ports} == {Protocol.UDP, Protocol.TCP}
     assert dns.readiness_probe.action.port == 53 and dns.ip_family == 4 and len(dns.requested_ips) == 2
+    assert [(e.ready, e.serving, e.terminating) for e in dns.endpoints] == [
+        (True, True, False), (True, True, False), (False, False, False),
+    ]
     assert not model.service("prod/metrics").exposed
 
 

@@ -182,6 +182,56 @@ endpoints:
     )
 
 
+@pytest.mark.parametrize(
+    ("conditions", "ready", "serving", "terminating"),
+    [
+        ("", True, True, False),  # no conditions at all: ready, serving, not terminating
+        ("conditions: {}", True, True, False),
+        ("conditions: {ready: true}", True, True, False),
+        ("conditions: {ready: false}", False, True, False),  # an absent serving is true (discovery/v1)
+        ("conditions: {ready: true, serving: true, terminating: false}", True, True, False),
+        ("conditions: {ready: false, serving: true, terminating: true}", False, True, True),  # draining
+        ("conditions: {ready: false, serving: false, terminating: true}", False, False, True),
+        ("conditions: {ready: false, serving: true, terminating: false}", False, True, False),
+        ("conditions: {serving: false}", True, False, False),
+        ("conditions: {terminating: true}", True, True, True),
+    ],
+)
+def test_endpointslice_conditions(config_file, conditions, ready, serving, terminating):
+    path = config_file(SERVICE + f"""
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-abc12, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+  - addresses: [10.0.0.1, 10.0.0.2]
+    {conditions}
+""")
+    endpoints = load([path]).model.service("default/web").endpoints
+    assert endpoints == tuple(
+        Endpoint(ip(a), None, None, ready, serving, terminating) for a in ("10.0.0.1", "10.0.0.2")
+    )
+
+
+def test_endpoints_v1_addresses_are_serving_and_not_ready_ones_are_not(config_file):
+    path = config_file("""
+        apiVersion: v1
+        kind: Service
+        metadata: {name: db}
+        spec: {ports: [{port: 5432}]}
+        ---
+        apiVersion: v1
+        kind: Endpoints
+        metadata: {name: db}
+        subsets: [{addresses: [{ip: 10.0.0.1}], notReadyAddresses: [{ip: 10.0.0.2}], ports: [{port: 5432}]}]
+    """)
+    ready, not_ready = load([path]).model.service("default/db").endpoints
+    assert (ready.ready, ready.serving, ready.terminating) == (True, True, False)
+    assert (not_ready.ready, not_ready.serving, not_ready.terminating) == (False, False, False)
+
+
 def test_endpointslice_port_wins_over_deployment(config_file):
     path = config_file(DEPLOYMENT + "---" + SERVICE + """
 ---
@@ -235,7 +285,7 @@ def test_endpoints_v1_with_not_ready_addresses(config_file):
     assert db.endpoints == (
         Endpoint(ip("10.0.0.1"), node_name="n1"),
         Endpoint(ip("10.0.0.2")),
-        Endpoint(ip("10.0.0.3"), ready=False),
+        Endpoint(ip("10.0.0.3"), ready=False, serving=False, terminating=False),
     )
 
 

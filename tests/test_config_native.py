@@ -145,6 +145,26 @@ def test_full_service_from_the_brief(config_file):
     )
 
 
+@pytest.mark.parametrize(
+    ("written", "ready", "serving", "terminating"),
+    [
+        ("{address: 10.0.0.1}", True, True, False),
+        ("{address: 10.0.0.1, ready: true}", True, True, False),
+        ("{address: 10.0.0.1, ready: false}", False, True, False),  # an absent serving is true, as in a slice
+        ("{address: 10.0.0.1, ready: false, serving: true, terminating: true}", False, True, True),
+        ("{address: 10.0.0.1, ready: false, serving: false, terminating: true}", False, False, True),
+        ("{address: 10.0.0.1, serving: false}", True, False, False),
+        ("{address: 10.0.0.1, terminating: false}", True, True, False),
+        ("10.0.0.1", True, True, False),
+    ],
+)
+def test_endpoint_conditions(config_file, written, ready, serving, terminating):
+    path = config_file(f"services: [{{name: web, ports: [{{port: 80}}], endpoints: [{written}]}}]")
+    (endpoint,) = load([path]).model.service("default/web").endpoints
+    assert (endpoint.ready, endpoint.serving, endpoint.terminating) == (ready, serving, terminating)
+    assert endpoint == Endpoint(ip("10.0.0.1"), None, None, ready, serving, terminating)
+
+
 def test_endpoint_port_overrides_target_port(config_file):
     path = config_file("""
         services:

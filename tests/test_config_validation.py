@@ -743,6 +743,9 @@ def test_endpoint_port_only_for_single_port_services(config_file):
         ('"fe80::1%eth0"', "'fe80::1%eth0' has a zone (%eth0); zones are not allowed here"),
         ("{port: 80}", "required field is missing"),
         ("{address: 10.0.0.1, ready: maybe}", "expected true or false, got string 'maybe'"),
+        ('{address: 10.0.0.1, serving: "yes"}', "expected true or false, got string 'yes'"),
+        ("{address: 10.0.0.1, terminating: 1}", "expected true or false, got number 1"),
+        ("{address: 10.0.0.1, servng: true}", "unknown field 'servng' (did you mean 'serving'?)"),
     ],
 )
 def test_bad_endpoints(config_file, endpoint, message):
@@ -884,6 +887,60 @@ def test_endpointslice_address_family_and_fields(config_file):
         (8, "endpoints[1].addresses", "required field is missing"),
         (9, "ports[0].protocol", "'tcp' is not one of TCP | UDP (did you mean 'TCP'?)"),
     ]
+
+
+def test_native_endpoint_conditions_name_file_object_and_field(config_file):
+    path = config_file("""
+        services:
+          - name: web
+            ports: [{port: 80}]
+            endpoints:
+              - {address: 10.0.0.1, serving: "yes"}
+              - address: 10.0.0.2
+                terminating: null
+                ready: false
+                serving: 0
+    """)
+    errors = errors_of(path)
+    assert [(e.file, *where(e), e.message) for e in errors] == [
+        (str(path), 0, 5, "Service default/web", "services[0].endpoints[0].serving",
+         "expected true or false, got string 'yes'"),
+        (str(path), 0, 9, "Service default/web", "services[0].endpoints[1].serving",
+         "expected true or false, got number 0"),
+    ]
+    assert str(errors[0]) == (
+        f"{path}: document 0 (line 5): Service default/web: services[0].endpoints[0].serving: "
+        "expected true or false, got string 'yes'"
+    )
+
+
+def test_endpointslice_serving_and_terminating_must_be_booleans(config_file):
+    path = config_file("""
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata: {name: web-a, namespace: shop, labels: {kubernetes.io/service-name: web}}
+        addressType: IPv4
+        endpoints:
+          - addresses: [10.0.0.1]
+            conditions: {ready: true, serving: "yes"}
+          - addresses: [10.0.0.2]
+            conditions:
+              terminating: "false"
+              servng: true
+    """)
+    errors = errors_of(path)
+    assert [(e.file, *where(e), e.message) for e in errors] == [
+        (str(path), 0, 7, "EndpointSlice shop/web-a", "endpoints[0].conditions.serving",
+         "expected true or false, got string 'yes'"),
+        (str(path), 0, 10, "EndpointSlice shop/web-a", "endpoints[1].conditions.terminating",
+         "expected true or false, got string 'false'"),
+        (str(path), 0, 11, "EndpointSlice shop/web-a", "endpoints[1].conditions.servng",
+         "unknown field 'servng' (did you mean 'serving'?)"),
+    ]
+    assert str(errors[0]) == (
+        f"{path}: document 0 (line 7): EndpointSlice shop/web-a: endpoints[0].conditions.serving: "
+        "expected true or false, got string 'yes'"
+    )
 
 
 def test_endpoints_address_needs_ip(config_file):

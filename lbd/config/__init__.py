@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 from lbd.config import manifests, native, yamlsrc
 from lbd.config.errors import ConfigError, ConfigInvalid
-from lbd.config.fields import Collected, Issues, Loc, check_pools, check_services
+from lbd.config.collected import Collected
+from lbd.config.pools import check_pools
+from lbd.config.reading import Issues, Loc
+from lbd.config.services import check_services
 from lbd.config.yamlsrc import YMap
 from lbd.model import Model
 

@@ -19,8 +19,19 @@ from typing import Any
 
 import structlog
 
-from lbd.config import fields as v
-from lbd.config.fields import Collected, Fields, Loc, PlacedService, SpecDraft
+from lbd.config import pools, probes
+from lbd.config import values as v
+from lbd.config.annotations import ServiceAnnotations, service_annotations
+from lbd.config.collected import Collected
+from lbd.config.reading import Fields, Loc, choice, describe, show
+from lbd.config.services import (
+    PROTOCOLS,
+    SERVICE_SPEC_FIELDS,
+    PlacedService,
+    SpecDraft,
+    build_service,
+    service_spec,
+)
 from lbd.config.yamlsrc import YMap
 from lbd.model import DEFAULT_NAMESPACE, Endpoint, Probe, ServicePort, ServiceType
 
@@ -51,8 +62,7 @@ L2_SPEC_IGNORED = ("ipAddressPools", "ipAddressPoolSelectors", "nodeSelectors")
 SLICE_FIELDS = ("apiVersion", "kind", "metadata", "addressType", "endpoints", "ports")
 SLICE_ENDPOINT_FIELDS = ("addresses", "conditions", "nodeName")
 SLICE_ENDPOINT_IGNORED = ("hostname", "targetRef", "zone", "hints", "deprecatedTopology")
-CONDITION_FIELDS = ("ready",)
-CONDITION_IGNORED = ("serving", "terminating")
+CONDITION_FIELDS = ("ready", "serving", "terminating")
 ENDPOINT_PORT_FIELDS = ("name", "port", "protocol")
 ENDPOINT_PORT_IGNORED = ("appProtocol",)
 ENDPOINTS_FIELDS = ("apiVersion", "kind", "metadata", "subsets")
@@ -118,7 +128,7 @@ class ServiceDraft:
     name: str
     namespace: str
     spec: SpecDraft
-    annotations: v.ServiceAnnotations
+    annotations: ServiceAnnotations
     name_loc: Loc
 
 
@@ -177,7 +187,7 @@ class ManifestSet:
         kind, api_version = content.get("kind"), content.get("apiVersion")
         if not isinstance(kind, str) or not kind:
             loc.key("kind", content.value_line("kind")).error(
-                "required field is missing" if kind is None else f"expected a string, got {v.describe(kind)}"
+                "required field is missing" if kind is None else f"expected a string, got {describe(kind)}"
             )
             return
         meta = content.get("metadata")
@@ -199,7 +209,7 @@ class ManifestSet:
             if api_version is None:
                 where.error(f"required field is missing (a {kind} is {expected_api!r})")
             else:
-                where.error(f"{v.show(api_version)} is not the apiVersion of {kind} (expected {expected_api!r})")
+                where.error(f"{show(api_version)} is not the apiVersion of {kind} (expected {expected_api!r})")
             return
         read(self, content, loc, into)
 
@@ -209,7 +219,7 @@ class ManifestSet:
             if isinstance(item, YMap):
                 self.add(item, where, into)
             else:
-                where.error(f"expected a Kubernetes object, got {v.describe(item)}")
+                where.error(f"expected a Kubernetes object, got {describe(item)}")
 
     @staticmethod
     def _metadata(f: Fields, rule: v.NameRule, what: str) -> ObjectMeta:
@@ -241,7 +251,7 @@ class ManifestSet:
         spec = f.sub("spec", POOL_SPEC_FIELDS, ignored=("serviceAllocation",))
         if "serviceAllocation" in spec:
             spec.key_at("serviceAllocation").warn("serviceAllocation is not supported by lbd; ignored")
-        draft = v.pool(meta.name or "", spec, meta.name_loc)
+        draft = pools.pool(meta.name or "", spec, meta.name_loc)
         if meta.name is not None:
             into.pools.append(draft)
 
@@ -265,7 +275,7 @@ class ManifestSet:
     def _service(self, content: YMap, loc: Loc, into: Collected) -> None:
         f = Fields(content, self._object_loc(content, loc, "Service"), OBJECT_FIELDS, ignored=OBJECT_IGNORED)
         meta = self._metadata(f, v.DNS1035_LABEL, "Service name")
-        spec_fields = f.sub("spec", v.SERVICE_SPEC_FIELDS, ignored=SERVICE_SPEC_IGNORED)
+        spec_fields = f.sub("spec", SERVICE_SPEC_FIELDS, ignored=SERVICE_SPEC_IGNORED)
         if spec_fields.get("type") == "ExternalName":  # a DNS alias: nothing to balance
             log.debug("manifest_skipped", kind="Service", name=meta.name, file=loc.file, reason="ExternalName")
             return
@@ -274,8 +284,8 @@ class ManifestSet:
                 spec_fields.key_at(key).warn(f"{key} is not enforced by lbd; ignored")
         if "loadBalancerClass" in spec_fields:
             log.debug("service_field_ignored", field="loadBalancerClass", name=meta.name, file=loc.file)
-        spec = v.service_spec(spec_fields, ServiceType.CLUSTER_IP, port_ignored=SERVICE_PORT_IGNORED)
-        annotations = v.service_annotations(meta.annotations, meta.annotations_loc)
+        spec = service_spec(spec_fields, ServiceType.CLUSTER_IP, port_ignored=SERVICE_PORT_IGNORED)
+        annotations = service_annotations(meta.annotations, meta.annotations_loc)
         if meta.name is not None:
             self.services.append(ServiceDraft(meta.name, meta.namespace, spec, annotations, meta.name_loc))
 
@@ -285,7 +295,7 @@ class ManifestSet:
             p = Fields(item, where, ENDPOINT_PORT_FIELDS, ignored=ENDPOINT_PORT_IGNORED)
             port_name = p.string("name", default="") or ""
             if "protocol" in p:
-                v.choice(p.get("protocol"), p.at("protocol"), v.PROTOCOLS, None)
+                choice(p.get("protocol"), p.at("protocol"), PROTOCOLS, None)
             # A slice port without a number means "all ports" (never for a Service's slices).
             if "port" in p and (number := v.port(p.get("port"), p.at("port"))) is not None:
                 ports.setdefault(port_name, (number, p.at("port")))
@@ -301,12 +311,16 @@ class ManifestSet:
             f.at("addressType").warn("FQDN EndpointSlices are not supported by lbd; this slice is ignored")
             return
         if address_type is not None and family is None:
-            v.choice(address_type, f.at("addressType"), {"IPv4": 4, "IPv6": 6, "FQDN": 0}, 0)
+            choice(address_type, f.at("addressType"), {"IPv4": 4, "IPv6": 6, "FQDN": 0}, 0)
         endpoints: list[Endpoint] = []
         for _, item, where in f.items("endpoints"):
             e = Fields(item, where, SLICE_ENDPOINT_FIELDS, ignored=SLICE_ENDPOINT_IGNORED)
-            # Kubernetes: "consumers should interpret an unknown (absent) ready state as ready".
-            ready = e.sub("conditions", CONDITION_FIELDS, ignored=CONDITION_IGNORED).boolean("ready", True)
+            # discovery/v1: an absent ready or serving "should be interpreted as true" (kube-proxy
+            # does: endpointslicecache.go), an absent terminating as false.
+            conditions = e.sub("conditions", CONDITION_FIELDS)
+            ready = conditions.boolean("ready", True)
+            serving = conditions.boolean("serving", True)
+            terminating = conditions.boolean("terminating", False)
             node_name = e.string("nodeName")
             for _, address_value, address_loc in e.items("addresses", required=True):
                 address = v.endpoint_ip(address_value, address_loc)
@@ -315,7 +329,7 @@ class ManifestSet:
                 if family is not None and address.version != family:
                     address_loc.error(f"{address} is not an {address_type} address (the slice's addressType)")
                     continue
-                endpoints.append(Endpoint(address, None, node_name, ready))
+                endpoints.append(Endpoint(address, None, node_name, ready, serving, terminating))
         ports = self._endpoint_ports(f, "ports")
         service_name = meta.labels.get(SERVICE_NAME_LABEL)
         if service_name is None:
@@ -331,12 +345,16 @@ class ManifestSet:
         for _, subset, where in f.items("subsets"):
             s = Fields(subset, where, SUBSET_FIELDS)
             endpoints: list[Endpoint] = []
+            # v1 Endpoints has no serving or terminating: a not-ready address is neither serving
+            # nor known to be terminating (what the EndpointSlice mirroring controller writes).
             for key, ready in (("addresses", True), ("notReadyAddresses", False)):
                 for _, item, address_loc in s.items(key):
                     a = Fields(item, address_loc, ADDRESS_FIELDS, ignored=ADDRESS_IGNORED)
                     address = v.endpoint_ip(a.get("ip"), a.at("ip")) if a.require("ip") else None
                     if address is not None:
-                        endpoints.append(Endpoint(address, None, a.string("nodeName"), ready))
+                        endpoints.append(
+                            Endpoint(address, None, a.string("nodeName"), ready, serving=ready, terminating=False)
+                        )
             group = EndpointGroup(here.obj or "Endpoints", tuple(endpoints), self._endpoint_ports(s, "ports"))
             if meta.name is not None:
                 self.endpoints.append((_Target(meta.namespace, meta.name, here), group))
@@ -368,7 +386,7 @@ class ManifestSet:
                 def resolve(port_name: str, own: dict[str, int] = ports) -> int | None:
                     return own.get(port_name, pod_ports.get(port_name))
 
-                probe = v.probe(
+                probe = probes.probe(
                     c.get("readinessProbe"), c.at("readinessProbe"), resolve,
                     "no container port has that name", ignored=PROBE_IGNORED, unsupported_is_error=False,
                 )
@@ -382,7 +400,7 @@ class ManifestSet:
             p = Fields(item, where, CONTAINER_PORT_FIELDS, ignored=CONTAINER_PORT_IGNORED)
             number = v.port(p.get("containerPort"), p.at("containerPort")) if p.require("containerPort") else None
             if "protocol" in p:
-                v.choice(p.get("protocol"), p.at("protocol"), {**v.PROTOCOLS, "SCTP": None}, None)
+                choice(p.get("protocol"), p.at("protocol"), {**PROTOCOLS, "SCTP": None}, None)
             if "name" in p:
                 port_name = v.name(p.get("name"), p.at("name"), v.IANA_SVC_NAME, "port name")
                 if port_name is not None and number is not None:
@@ -437,7 +455,7 @@ class ManifestSet:
                 endpoints.setdefault(endpoint.address, endpoint)
 
         probe = next((c.probe for w in workloads for c in w.containers if c.probe is not None), None)
-        service = v.build_service(
+        service = build_service(
             draft.name, draft.namespace, draft.spec, draft.annotations, tuple(ports),
             tuple(endpoints.values()), probe,
         )

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from lbd.config import fields as v
-from lbd.config.fields import Collected, Fields, Loc, PlacedService
+from lbd.config import pools, probes
+from lbd.config import values as v
+from lbd.config.annotations import service_annotations
+from lbd.config.collected import Collected
+from lbd.config.reading import Fields, Loc, describe
+from lbd.config.services import SERVICE_SPEC_FIELDS, PlacedService, build_service, service_spec
 from lbd.config.yamlsrc import YMap, YSeq
 from lbd.model import DEFAULT_NAMESPACE, Endpoint, IPAddress, ServicePort, ServiceType
 
 TOP_FIELDS = ("interfaces", "pools", "services")
 POOL_FIELDS = ("name", "addresses", "autoAssign", "avoidBuggyIPs")
-SERVICE_FIELDS = ("name", "namespace", "annotations", "endpoints", "readinessProbe", *v.SERVICE_SPEC_FIELDS)
-ENDPOINT_FIELDS = ("address", "port", "nodeName", "ready")
+SERVICE_FIELDS = ("name", "namespace", "annotations", "endpoints", "readinessProbe", *SERVICE_SPEC_FIELDS)
+ENDPOINT_FIELDS = ("address", "port", "nodeName", "ready", "serving", "terminating")
 
 
 def read(content: YMap, loc: Loc, into: Collected) -> None:
@@ -41,7 +45,7 @@ def _pool(item: Any, where: Loc, position: int, into: Collected) -> None:
     label = given if isinstance(given, str) else f"pools[{position}]"
     f = Fields(item, where.of(f"IPAddressPool {label}"), POOL_FIELDS)
     pool_name = v.name(f.get("name"), f.at("name"), v.DNS1123_SUBDOMAIN, "pool name") if f.require("name") else None
-    draft = v.pool(pool_name or "", f, f.at("name"))
+    draft = pools.pool(pool_name or "", f, f.at("name"))
     if pool_name is not None:
         into.pools.append(draft)
 
@@ -56,8 +60,8 @@ def _service(item: Any, where: Loc, position: int, into: Collected) -> None:
     namespace: str | None = DEFAULT_NAMESPACE
     if "namespace" in f:
         namespace = v.name(f.get("namespace"), f.at("namespace"), v.DNS1123_LABEL, "namespace")
-    spec = v.service_spec(f, ServiceType.LOAD_BALANCER)
-    annotations = v.service_annotations(f.get("annotations"), f.at("annotations"))
+    spec = service_spec(f, ServiceType.LOAD_BALANCER)
+    annotations = service_annotations(f.get("annotations"), f.at("annotations"))
 
     ports: list[ServicePort] = []
     for draft in spec.ports:
@@ -76,23 +80,26 @@ def _service(item: Any, where: Loc, position: int, into: Collected) -> None:
     if "readinessProbe" in f:
         # A named probe port means the service port of that name, i.e. its targetPort.
         by_name = {p.name: p.target_port for p in ports if p.name}
-        probe = v.probe(
+        probe = probes.probe(
             f.get("readinessProbe"), f.at("readinessProbe"), by_name.get,
             "no port of this service has that name (a named probe port uses that port's targetPort)",
         )
 
     if service_name is None or namespace is None:
         return
-    service = v.build_service(service_name, namespace, spec, annotations, tuple(ports), endpoints, probe)
+    service = build_service(service_name, namespace, spec, annotations, tuple(ports), endpoints, probe)
     into.services.append(PlacedService(service, f.at("name")))
 
 
 def _endpoints(f: Fields, port_count: int) -> tuple[Endpoint, ...]:
-    """`endpoints`: 'IP', 'IP:PORT', '[IPv6]:PORT' or {address, port, nodeName, ready}."""
+    """`endpoints`: 'IP', 'IP:PORT', '[IPv6]:PORT' or {address, port, nodeName, ready, serving, terminating}.
+
+    The conditions default as in an EndpointSlice: ready true, serving true, terminating false.
+    """
     endpoints: list[Endpoint] = []
     seen: dict[tuple[IPAddress, int | None], int] = {}
     for position, item, where in f.items("endpoints"):
-        node_name, ready, number = None, True, None
+        node_name, ready, serving, terminating, number = None, True, True, False, None
         if isinstance(item, str):
             parsed = v.endpoint_text(item, where)
             if parsed is None:
@@ -105,10 +112,12 @@ def _endpoints(f: Fields, port_count: int) -> tuple[Endpoint, ...]:
                 number = v.port(e.get("port"), e.at("port"))
             node_name = e.string("nodeName")
             ready = e.boolean("ready", True)
+            serving = e.boolean("serving", True)
+            terminating = e.boolean("terminating", False)
             if address is None:
                 continue
         else:
-            where.error(f"expected an address ('10.0.0.1', '10.0.0.1:8080') or a mapping, got {v.describe(item)}")
+            where.error(f"expected an address ('10.0.0.1', '10.0.0.1:8080') or a mapping, got {describe(item)}")
             continue
         if number is not None and port_count != 1:
             # Which of several ports would the override replace? Kubernetes has no answer either.
@@ -121,5 +130,5 @@ def _endpoints(f: Fields, port_count: int) -> tuple[Endpoint, ...]:
             where.error(f"duplicate endpoint {shown} (also endpoints[{seen[address, number]}])")
             continue
         seen[address, number] = position
-        endpoints.append(Endpoint(address, number, node_name, ready))
+        endpoints.append(Endpoint(address, number, node_name, ready, serving, terminating))
     return tuple(endpoints)

@@ -56,11 +56,6 @@ class YSeq(list[Any]):
         return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
 
 
-def line_of(value: Any, default: int | None = None) -> int | None:
-    """The line a container starts on (scalars carry no line; their parent knows it)."""
-    return value.line if isinstance(value, (YMap, YSeq)) else default
-
-
 @dataclass(frozen=True, slots=True)
 class Document:
     """One YAML document of a file: its 0-based index, first line and converted content."""

@@ -1,10 +1,10 @@
-"""Drive an `lbd.net.announcer.Announcer` inside a lab namespace, one JSON command per line.
+"""Drive an `lbd.net.presence.L2Presence` inside a lab namespace, one JSON command per line.
 
     ip netns exec lbdt-ab12-node .venv/bin/python integration/announcer_driver.py \\
         --netns lbdt-ab12-node --interfaces eth0 --garp-rounds 3 --garp-interval 0.2
 
-stdin:  {"op": "bind", "ip": "198.18.4.200"}     stdout: {"ok": true, "result": "eth0"}
-ops: interface_for, bind, announce, withdraw, unbind (ip); reconcile (wanted: [ip]);
+stdin:  {"op": "claim", "ip": "198.18.4.200"}    stdout: {"ok": true, "result": "eth0"}
+ops: claim, announce, withdraw, release (ip); reconcile (wanted: [ip]) -> removed;
      metrics (ip) -> counters; marked -> lbd-marked addresses with label, proto, created; close.
 Logs (structlog JSON) go to stderr. Refuses to run unless it is inside the `lbdt-` namespace
 named by --netns (so never on the host), exits with its parent, and after --max-seconds.
@@ -46,9 +46,9 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from lbd import metrics
     from lbd.net import addresses
-    from lbd.net.announcer import Announcer
+    from lbd.net.presence import L2Presence
 
-    announcer = Announcer(
+    announcer = L2Presence(
         args.interfaces,
         garp_rounds=args.garp_rounds,
         garp_interval=args.garp_interval,
@@ -82,15 +82,24 @@ async def _serve(args: argparse.Namespace) -> int:
             for a, link in snap.marked()
         ]
 
+    claimed: dict[Any, str] = {}  # VIP -> interface, as the VIP lifecycle would remember it
+
     async def handle(request: dict[str, Any]) -> Any:
         op = request["op"]
         ip = ipaddress.ip_address(request["ip"]) if "ip" in request else None
-        if op == "interface_for":
-            return announcer.interface_for(ip)  # type: ignore[arg-type]
-        if op in ("bind", "announce", "withdraw", "unbind"):
-            return await getattr(announcer, op)(ip)
+        if op == "claim":
+            claimed[ip] = await announcer.claim(ip)  # type: ignore[arg-type]
+            return claimed[ip]
+        if op == "announce":
+            return await announcer.announce(ip, claimed.get(ip))  # type: ignore[arg-type]
+        if op == "withdraw":
+            return await announcer.withdraw(ip)  # type: ignore[arg-type]
+        if op == "release":
+            claimed.pop(ip, None)
+            return await announcer.release(ip)  # type: ignore[arg-type]
         if op == "reconcile":
-            removed = await announcer.reconcile({ipaddress.ip_address(w) for w in request.get("wanted", [])})
+            kept, removed = await announcer.reconcile({ipaddress.ip_address(w) for w in request.get("wanted", [])})
+            claimed.update(kept)
             return [str(r) for r in removed]
         if op == "metrics":
             return counters(str(ip))
@@ -142,7 +151,7 @@ def main() -> int:
 
 
 class AnnouncerProcess:
-    """The test side: an announcer driver running in one lab host."""
+    """The test side: a presence driver running in one lab host."""
 
     def __init__(self, lab: Any, host: str = "node", *, interfaces: tuple[str, ...] = ("eth0",),
                  garp_rounds: int = 3, garp_interval: float = 0.2, refresh_interval: float | None = None) -> None:

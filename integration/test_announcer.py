@@ -1,4 +1,5 @@
-"""The announcer in a lab: it runs in the node namespace, the client watches the wire.
+"""The L2 presence in a lab (claim, announce, withdraw, release): it runs in the node namespace,
+the client watches the wire.
 
 Every frame is decoded with scapy here, not with lbd's codec, so the codec is checked too.
 Timings are small (3 rounds 0.2 s apart) to keep the module to a few seconds.
@@ -52,12 +53,11 @@ def events(driver: AnnouncerProcess, name: str) -> list[dict[str, Any]]:
     return [e for e in driver.logs() if e.get("event") == name]
 
 
-def test_bind_adds_marked_address_and_sets_arp_sysctls(lab: Lab, driver: AnnouncerProcess) -> None:
+def test_claim_adds_marked_address_and_sets_arp_sysctls(lab: Lab, driver: AnnouncerProcess) -> None:
     vip, vip6 = lab.vip(0), lab.vip(0, 6)
-    assert driver.call("interface_for", ip=vip) == "eth0"
-    assert driver.call("bind", ip=vip) == "eth0"
-    assert driver.call("bind", ip=vip) == "eth0"  # idempotent
-    assert driver.call("bind", ip=vip6) == "eth0"
+    assert driver.call("claim", ip=vip) == "eth0"
+    assert driver.call("claim", ip=vip) == "eth0"  # idempotent
+    assert driver.call("claim", ip=vip6) == "eth0"
     on_node = {a["local"]: a for a in lab.addresses("node")}
     assert on_node[str(vip)]["prefixlen"] == 32 and on_node[str(vip)]["label"] == "eth0:lbd"
     assert on_node[str(vip6)]["prefixlen"] == 128 and on_node[str(vip6)].get("nodad")
@@ -74,7 +74,7 @@ def test_bind_adds_marked_address_and_sets_arp_sysctls(lab: Lab, driver: Announc
 
 def test_gratuitous_arp_on_the_wire_moves_the_client(lab: Lab, driver: AnnouncerProcess) -> None:
     vip, node_mac = lab.vip(1), lab.mac("node")
-    driver.call("bind", ip=vip)
+    driver.call("claim", ip=vip)
     lab.set_neigh("client", vip, "02:00:00:00:00:99")  # the VIP's previous owner, as after a failover
     with lab.capture("client", ethertypes=(ETH_P_ARP,)) as capture:
         driver.call("announce", ip=vip)
@@ -95,7 +95,7 @@ def test_gratuitous_arp_on_the_wire_moves_the_client(lab: Lab, driver: Announcer
 
 def test_requests_are_answered_with_node_mac_and_counted(lab: Lab, driver: AnnouncerProcess) -> None:
     vip, node_mac = lab.vip(2), lab.mac("node")
-    driver.call("bind", ip=vip)
+    driver.call("claim", ip=vip)
     driver.call("announce", ip=vip)
     lab.flush_neigh("client")
     with lab.capture("client", ethertypes=(ETH_P_ARP,)) as capture:
@@ -116,7 +116,7 @@ def test_requests_are_answered_with_node_mac_and_counted(lab: Lab, driver: Annou
 
 def test_ipv6_unsolicited_advertisements_and_neighbour(lab: Lab, driver: AnnouncerProcess) -> None:
     vip6, node_mac = lab.vip(3, 6), lab.mac("node")
-    driver.call("bind", ip=vip6)
+    driver.call("claim", ip=vip6)
     with lab.capture("client", ethertypes=(ETH_P_IPV6,)) as capture:
         driver.call("announce", ip=vip6)
         time.sleep(BURST_SECONDS)
@@ -132,18 +132,18 @@ def test_ipv6_unsolicited_advertisements_and_neighbour(lab: Lab, driver: Announc
     assert counters["gratuitous"] == ROUNDS and counters["requests"] >= 1
 
 
-def test_withdraw_then_unbind_stops_everything(lab: Lab) -> None:
+def test_withdraw_then_release_stops_everything(lab: Lab) -> None:
     vip, node_mac = lab.vip(4), lab.mac("node")
     # One round, then a refresh every 0.15 s until withdraw.
     with AnnouncerProcess(lab, garp_rounds=1, garp_interval=INTERVAL, refresh_interval=0.15) as driver:
-        driver.call("bind", ip=vip)
+        driver.call("claim", ip=vip)
         with lab.capture("client", ethertypes=(ETH_P_ARP,)) as announcing:
             driver.call("announce", ip=vip)
             time.sleep(0.5)
         assert len(gratuitous_arps(announcing.frames, vip)) >= 2 * 3  # the first round and refreshes
         assert lab.ping("client", vip)
         driver.call("withdraw", ip=vip)
-        driver.call("unbind", ip=vip)
+        driver.call("release", ip=vip)
         assert str(vip) not in {a["local"] for a in lab.addresses("node")}
         lab.flush_neigh("client")
         with lab.capture("client", ethertypes=(ETH_P_ARP,)) as after:
@@ -159,8 +159,8 @@ def test_withdraw_then_unbind_stops_everything(lab: Lab) -> None:
 def test_reconcile_after_crash_removes_stale_keeps_wanted(lab: Lab) -> None:
     kept, stale, foreign = lab.vip(5), lab.vip(6), lab.vip(7)
     crashed = AnnouncerProcess(lab, garp_rounds=1, garp_interval=INTERVAL)
-    crashed.call("bind", ip=kept)
-    crashed.call("bind", ip=stale)
+    crashed.call("claim", ip=kept)
+    crashed.call("claim", ip=stale)
     crashed.call("announce", ip=kept)
     crashed.kill()  # SIGKILL: its addresses stay behind
     lab.exec("node", ["ip", "addr", "add", f"{foreign}/32", "dev", "eth0"], check=True)  # not lbd's
@@ -176,8 +176,8 @@ def test_reconcile_after_crash_removes_stale_keeps_wanted(lab: Lab) -> None:
             assert lab.ping("client", kept)
             removed = events(driver, "stale_vip_removed")
             assert [(e["ip"], e["interface"], e["mac"]) for e in removed] == [(str(stale), "eth0", lab.mac("node"))]
-            # The kept address is adopted: unbind removes it like one this process added.
-            driver.call("unbind", ip=kept)
+            # The kept address is adopted: release removes it like one this process added.
+            driver.call("release", ip=kept)
             assert driver.call("marked") == []
     finally:
         lab.exec("node", ["ip", "addr", "del", f"{foreign}/32", "dev", "eth0"])
@@ -191,7 +191,7 @@ def test_long_interface_name_is_marked_by_address_protocol(lab: Lab) -> None:
         lab.exec("node", ["ip", "link", "set", ifname, "up"], check=True)
         lab.exec("node", ["ip", "addr", "add", "198.19.0.1/24", "dev", ifname], check=True)
         with AnnouncerProcess(lab, interfaces=(ifname,), garp_rounds=1, garp_interval=INTERVAL) as driver:
-            assert driver.call("bind", ip=vip) == ifname
+            assert driver.call("claim", ip=vip) == ifname
             address = {a["local"]: a for a in lab.addresses("node", ifname)}[str(vip)]
             assert address["label"] == ifname  # no room for ":lbd"
             assert [(m["ip"], m["proto"]) for m in driver.call("marked")] == [(str(vip), LBD_ADDR_PROTO)]
@@ -203,7 +203,7 @@ def test_long_interface_name_is_marked_by_address_protocol(lab: Lab) -> None:
 
 def test_another_mac_claiming_the_vip_is_counted_as_conflict(lab: Lab, driver: AnnouncerProcess) -> None:
     vip, client_mac = lab.vip(8), lab.mac("client")
-    driver.call("bind", ip=vip)
+    driver.call("claim", ip=vip)
     driver.call("announce", ip=vip)
     claim = (
         "import socket, sys\n"
@@ -220,14 +220,14 @@ def test_another_mac_claiming_the_vip_is_counted_as_conflict(lab: Lab, driver: A
     assert [(e["ip"], e["other_mac"], e["mac"]) for e in conflict] == [(str(vip), client_mac, lab.mac("node"))]
 
 
-def test_bind_errors_and_loopback(lab: Lab) -> None:
+def test_claim_errors_and_choice_by_subnet(lab: Lab) -> None:
+    # Loopback VIPs never reach the presence: the VIP lifecycle skips them (tests/test_vips.py).
     with AnnouncerProcess(lab, interfaces=(), garp_rounds=1, garp_interval=INTERVAL) as driver:
-        assert driver.call("interface_for", ip=lab.vip(9)) == "eth0"  # chosen by subnet
-        reply = driver.try_call("bind", ip="198.19.255.10")  # in no subnet of the node's
+        reply = driver.try_call("claim", ip="198.19.255.10")  # in no subnet of the node's
         assert not reply["ok"] and reply["error"].startswith("NoInterfaceError")
         assert "198.19.255.10" in reply["error"] and "interfaces" in reply["error"]
         reply = driver.try_call("announce", ip=lab.vip(9))
-        assert not reply["ok"] and "bind() it first" in reply["error"]
-        assert driver.call("bind", ip="127.0.0.9") is None
-        assert driver.call("announce", ip="127.0.0.9") is None
+        assert not reply["ok"] and "claim it first" in reply["error"]
+        assert driver.call("claim", ip=lab.vip(9)) == "eth0"  # chosen by subnet
+        driver.call("release", ip=lab.vip(9))
         assert driver.call("marked") == []

@@ -1,7 +1,8 @@
 """Admin API: a tiny HTTP/1.0 JSON API on a unix socket (mode 0600; no TCP port for control).
 
 HTTP so that operators can also use `curl --unix-socket /run/lbd/admin.sock http://lbd/v1/services`.
-The server only moves bytes: the daemon hands it a table of routes (path -> callable).
+The server only moves bytes: the daemon hands it a table of routes ((method, path) -> handler);
+a handler gets the request's query parameters and returns what to send as JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import json
 import os
 import socket
 import stat
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,33 @@ import structlog
 
 log = structlog.get_logger()
 
-DEFAULT_ADMIN_SOCKET = Path("/run/lbd/admin.sock")
 MAX_REQUEST_BYTES = 8192  # request line + headers; the API takes no bodies
 REQUEST_TIMEOUT = 5.0
 
-Handler = Callable[[], Awaitable[Any]]
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a handler sees of a request."""
+
+    method: str
+    path: str
+    query: Mapping[str, list[str]] = field(default_factory=dict)
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """The last value of query parameter `name`."""
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+
+class AdminError(Exception):
+    """A handler's way to answer 4xx: the status and a message for the user."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+Handler = Callable[[Request], Awaitable[Any]]
 
 
 class AdminServer:
@@ -81,15 +106,19 @@ class AdminServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             if len(head) > MAX_REQUEST_BYTES:
                 raise ValueError("request too large")
-            method, path, _ = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
-            handler = self.routes.get((method, path.split("?", 1)[0]))
+            method, target, _ = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
+            url = urllib.parse.urlsplit(target)
+            handler = self.routes.get((method, url.path))
             if handler is None:
-                status, body = 404, {"error": f"no route {method} {path}"}
+                status, body = 404, {"error": f"no route {method} {url.path}"}
             else:
                 try:
-                    status, body = 200, await handler()
+                    request = Request(method, url.path, urllib.parse.parse_qs(url.query))
+                    status, body = 200, await handler(request)
+                except AdminError as exc:
+                    status, body = exc.status, {"error": str(exc)}
                 except Exception as exc:  # an API error must not take the daemon down
-                    log.exception("admin_handler_failed", path=path)
+                    log.exception("admin_handler_failed", path=target)
                     status, body = 500, {"error": str(exc)}
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError):
             status, body = 400, {"error": "bad request"}

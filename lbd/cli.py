@@ -10,9 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lbd import log as lbd_log
-
-DEFAULT_ADMIN_SOCKET = "/run/lbd/admin.sock"
-DEFAULT_STATE_DIR = "/var/lib/lbd"
+from lbd.options import DEFAULT_ADMIN_SOCKET, DEFAULT_STATE_DIR, default
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -43,49 +41,55 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon in the foreground")
     _add_config(run)
     run.add_argument("--node-name", default=socket.gethostname(), help="this node's name (externalTrafficPolicy: Local)")
-    run.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where sticky VIP assignments are kept")
-    run.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, help="unix socket of the admin API (mode 0600)")
+    run.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="where sticky VIP assignments are kept")
+    run.add_argument("--admin-socket", default=str(DEFAULT_ADMIN_SOCKET), help="unix socket of the admin API (mode 0600)")
     run.add_argument("--metrics-address", metavar="HOST:PORT", help="serve Prometheus metrics here (off by default)")
     run.add_argument("--log-format", choices=["json", "console", "auto"], default="auto")
-    run.add_argument("--drain-timeout", type=_positive, default=30.0, help="seconds established connections get on stop")
-    run.add_argument("--connect-timeout", type=_positive, default=2.0, help="seconds per endpoint connect attempt")
-    run.add_argument("--garp-rounds", type=_count, default=5, help="gratuitous ARP rounds per VIP")
-    run.add_argument("--garp-interval", type=_positive, default=1.1, help="seconds between gratuitous ARP rounds")
-    run.add_argument("--garp-refresh", type=_positive, default=None, help="re-announce every N seconds (off by default)")
+    run.add_argument("--drain-timeout", type=_positive, default=default("drain_timeout"),
+                     help="seconds established connections get on stop")
+    run.add_argument("--connect-timeout", type=_positive, default=default("connect_timeout"),
+                     help="seconds per endpoint connect attempt")
+    run.add_argument("--garp-rounds", type=_count, default=default("garp_rounds"), help="gratuitous ARP rounds per VIP")
+    run.add_argument("--garp-interval", type=_positive, default=default("garp_interval"),
+                     help="seconds between gratuitous ARP rounds")
+    run.add_argument("--garp-refresh", type=_positive, default=default("garp_refresh"),
+                     help="re-announce every N seconds (off by default)")
 
     check = sub.add_parser("check", help="validate the config and show what each service would get")
     _add_config(check)
-    check.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="read sticky assignments from here, if present")
+    check.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="read sticky assignments from here, if present")
+    check.add_argument("--node-name", default=socket.gethostname(),
+                       help="the node to judge externalTrafficPolicy: Local endpoints from")
     check.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     get = sub.add_parser("get", help="show what the running daemon serves")
     get.add_argument("resource", choices=["services", "service", "svc"])
     get.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    get.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET)
+    get.add_argument("--admin-socket", default=str(DEFAULT_ADMIN_SOCKET))
 
-    demo = sub.add_parser("demo", help="build a throwaway lab of network namespaces and show lbd at work")
-    demo.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    sub.add_parser("demo", help="build a throwaway lab of network namespaces and show lbd at work")
     return parser
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from lbd import config, state
+    from lbd import config
     from lbd.allocator import allocate
-    from lbd.config.errors import ConfigInvalid
-    from lbd.status import render_table, statuses
+    from lbd.assignments import FileAssignmentStore
+    from lbd.status import check_view, render_table, statuses
 
-    try:
-        loaded = config.load(args.config)
-    except ConfigInvalid as exc:
-        for err in exc.errors:
-            print(f"error: {err}", file=sys.stderr)
-        print(f"{len(exc.errors)} error(s); config is not valid", file=sys.stderr)
-        return 1
-    for warning in loaded.warnings:
+    attempt = config.attempt(args.config)
+    for warning in attempt.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    previous = state.load_assignments(Path(args.state_dir))
-    allocation = allocate(loaded.model.pools, loaded.model.services, previous)
-    rows = statuses(loaded.model.services, allocation.assignments)
+    if attempt.loaded is None:
+        for err in attempt.errors:
+            print(f"error: {err}", file=sys.stderr)
+        print(f"{len(attempt.errors)} error(s); config is not valid", file=sys.stderr)
+        return 1
+    loaded = attempt.loaded
+    previous = FileAssignmentStore(Path(args.state_dir)).load()  # read only: check never writes
+    allocation = allocate(loaded.model.pools, loaded.model.services, previous.assignments)
+    services = loaded.model.services
+    rows = statuses(services, allocation.assignments, check_view(services, allocation.assignments, args.node_name))
     if args.output == "json":
         print(json.dumps(rows, indent=2))
     else:
@@ -109,8 +113,9 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lbd.daemon import DaemonOptions, parse_host_port, run_daemon
+    from lbd.daemon import run_daemon
     from lbd.loop import run
+    from lbd.options import DaemonOptions, parse_host_port
 
     lbd_log.configure(args.log_format)
     metrics_address = None

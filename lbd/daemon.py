@@ -1,399 +1,283 @@
-"""The daemon: wires model -> allocator -> announcer -> listeners -> routers, and keeps them in step.
+"""The daemon: wiring and lifecycle. What runs is decided elsewhere and executed by one task.
 
-`Daemon.apply(model)` is the one entry point that moves the running daemon to a new model
-(start-up, SIGHUP reload). It diffs against what runs: unchanged services keep their listeners
-and established connections, endpoint and affinity changes apply in place, removed services
-stop accepting, drain and release their VIP. Release order is MetalLB's: stop announcing, let
-established connections finish, then remove the address.
+    config -> model -> (lbd.reconcile: allocator, readiness, ownership gate, plan)
+           -> lbd.vips (claim, announce, release) + lbd.listeners (open, update, close)
 
-Invariants (all changes happen under `_lock`):
-- a VIP is in `_bound` from `announcer.bind` until `announcer.unbind`; it is announced only while
-  some ServiceRuntime uses it and its listeners are open;
-- at most one release task per VIP; it re-checks under the lock that nobody wants the VIP again
-  before withdrawing and before unbinding;
-- a failure to serve one service (no interface, port in use) marks that service failed and
-  never stops the others.
+Components start in order and stop in reverse: the presence (addresses and ARP), the metrics
+server, the admin API, the data plane (the reconcile task, its listeners and VIPs), the tick.
+The tick is the daemon's heartbeat: it retries services that could not be served and will
+carry the systemd watchdog. Nothing here blocks the event loop: config parsing, state writes
+and netlink calls run in worker threads with deadlines.
+
+Signals: SIGHUP reloads (an invalid config is logged in full and the running one stays);
+SIGTERM/SIGINT stop accepting, withdraw, drain for --drain-timeout, then release every VIP; a
+second SIGTERM/SIGINT cuts the drain short (connections are reset, VIPs still released).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import structlog
 
-from lbd import config, metrics, state
-from lbd.admin import AdminServer, Handler
-from lbd.allocator import Allocation, Assignment, allocate, usable_addresses
-from lbd.balancer import Balancer, Target
-from lbd.config.errors import ConfigInvalid
-from lbd.health.passive import PassiveHealth
-from lbd.model import Endpoint, IPAddress, Model, Protocol, Service, ServicePort, TrafficPolicy
-from lbd.net.announcer import Announcer
+from lbd import config, metrics
+from lbd.admin import AdminServer, Handler, Request
+from lbd.assignments import AssignmentStore, FileAssignmentStore
+from lbd.balancer import Target
+from lbd.config import Attempt
+from lbd.listeners import Listeners
+from lbd.model import Model
+from lbd.net.presence import L2Presence, Presence
+from lbd.options import DaemonOptions
+from lbd.ownership import OwnershipGate, SingleNodeGate
+from lbd.reconcile import Reconciler
 from lbd.relay import RelayOptions
-from lbd.relay.tcp import TcpListener
-from lbd.routing import ServiceRouter
-from lbd.status import StatusDict, statuses
+from lbd.status import ServiceState, StatusDict, StatusView, statuses
+from lbd.vips import Vips
 
 log = structlog.get_logger()
 
-DEFAULT_STATE_DIR = Path("/var/lib/lbd")
-DEFAULT_DRAIN_TIMEOUT = 30.0  # seconds; Kubernetes' default terminationGracePeriodSeconds
-
-PortKey = tuple[Protocol, int]
+# The daemon's heartbeat (later also the systemd watchdog's).
+TICK_SECONDS = 1.0
+# How often services that could not be served (port in use, no interface) are tried again.
+RETRY_BLOCKED_SECONDS = 10.0
+# Parsing runs in a thread; past this a reload gives up waiting (a 10,000-service config
+# parses in a few seconds).
+CONFIG_LOAD_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True, slots=True)
-class DaemonOptions:
-    config_paths: tuple[str, ...]
-    node_name: str
-    state_dir: Path = DEFAULT_STATE_DIR
-    admin_socket: Path | None = None
-    metrics_address: tuple[str, int] | None = None
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    connect_timeout: float = 2.0
-    garp_rounds: int = 5
-    garp_interval: float = 1.1
-    garp_refresh: float | None = None
+class Component:
+    """Something the daemon starts in order and stops in reverse."""
+
+    name: str
+    start: Callable[[], Awaitable[None]]
+    stop: Callable[[], Awaitable[None]]
 
 
-def is_loopback(ip: IPAddress) -> bool:
-    """Loopback VIPs need no address and no ARP: the daemon is usable on 127.0.0.0/8 alone."""
-    return ip.is_loopback
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """The answer to a reload: what changed, or why nothing did."""
+
+    applied: bool
+    summary: str | None = None
+    changes: dict[str, list[str]] = field(default_factory=dict)  # added/removed/changed/unchanged
+    failed: dict[str, str] = field(default_factory=dict)  # services that cannot be served, why
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "applied": self.applied,
+            "summary": self.summary,
+            **self.changes,
+            "failed": self.failed,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
 
 
-@dataclass(slots=True)
-class PortRuntime:
-    """One listening (VIP, port) and the router behind it."""
+def report_attempt(attempt: Attempt) -> None:
+    """Log a config attempt's warnings and errors, one event each."""
+    for warning in attempt.warnings:
+        log.warning("config_warning", warning=str(warning))
+    for error in attempt.errors:
+        log.error("config_error", error=str(error))
 
-    listener: TcpListener
-    router: ServiceRouter
-    affinity: tuple[str, int]
 
-
-@dataclass(slots=True)
-class ServiceRuntime:
-    service: Service
-    ip: IPAddress
-    ports: dict[PortKey, PortRuntime] = field(default_factory=dict)
+async def read_config(paths: tuple[str, ...]) -> Attempt:
+    """Parse off the event loop, so relaying goes on while a big config is read."""
+    return await asyncio.wait_for(asyncio.to_thread(config.attempt, paths), CONFIG_LOAD_TIMEOUT)
 
 
 class Daemon:
-    """Holds the running state; only `apply`, `reload` and `shutdown` change it."""
+    """Wires presence, VIP lifecycle, listeners and the reconciler; starts and stops them."""
 
-    def __init__(self, options: DaemonOptions, announcer: Announcer) -> None:
+    def __init__(
+        self,
+        options: DaemonOptions,
+        presence: Presence,
+        *,
+        gate: OwnershipGate | None = None,
+        store: AssignmentStore | None = None,
+    ) -> None:
         self.options = options
-        self.model = Model()
-        self.allocation: Allocation | None = None
-        self.services: dict[str, ServiceRuntime] = {}
-        self.failed: dict[str, str] = {}  # service key -> why it is not served
-        self.announcer = announcer
-        self._bound: set[IPAddress] = set()
-        self._announced: set[IPAddress] = set()
-        self._drains: dict[IPAddress, set[asyncio.Task[int]]] = {}
-        self._releases: dict[IPAddress, asyncio.Task[None]] = {}
-        self._lock = asyncio.Lock()
+        self.presence = presence
+        self.vips = Vips(presence)
+        self.listeners = Listeners(options.drain_timeout)
+        self.reconciler = Reconciler(
+            node=options.node_name,
+            relay=RelayOptions(connect_timeout=options.connect_timeout),
+            store=store or FileAssignmentStore(options.state_dir),
+            gate=gate or SingleNodeGate(),
+            vips=self.vips,
+            listeners=self.listeners,
+        )
+        self.aborted = 0  # connections cut at shutdown
+        self._started: list[Component] = []
         self._closing = False
-        self._admin: AdminServer | None = None
-        self._pending_logged: dict[str, str] = {}
-        self._udp_warned: set[str] = set()
+        self._force = asyncio.Event()
+        self._tick_task: asyncio.Task[None] | None = None
 
-    # ---- lifecycle -------------------------------------------------------------------------
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def components(self, model: Model) -> list[Component]:
+        parts = [Component("presence", self.presence.start, self.presence.close)]
+        if self.options.metrics_address is not None:
+            server = metrics.MetricsServer(*self.options.metrics_address)
+            parts.append(Component("metrics", server.start, server.stop))
+        if self.options.admin_socket is not None:
+            admin = AdminServer(self.options.admin_socket, self._routes())
+            parts.append(Component("admin", admin.start, admin.close))
+        parts.append(Component("dataplane", lambda: self._start_dataplane(model), self._stop_dataplane))
+        parts.append(Component("tick", self._start_tick, self._stop_tick))
+        return parts
 
     async def start(self, model: Model) -> None:
-        await self.announcer.start()
-        previous = state.load_assignments(self.options.state_dir)
-        allocation = allocate(model.pools, model.services, previous)
-        # Crash leftovers go before anything is bound; wanted addresses stay (no gap in service).
-        wanted = {a.ip for a in allocation.assignments.values() if a.ip is not None and not is_loopback(a.ip)}
-        await self.announcer.reconcile(wanted)  # logs stale_vip_removed per address
-        await self.apply(model, allocation=allocation)
-        if self.options.admin_socket is not None:
-            self._admin = AdminServer(self.options.admin_socket, self._routes())
-            await self._admin.start()
-        if self.options.metrics_address is not None:
-            from prometheus_client import start_http_server
-
-            host, port = self.options.metrics_address
-            start_http_server(port, addr=host, registry=metrics.REGISTRY)
-            log.info("metrics_listening", address=f"{host}:{port}")
+        """Start every component in order; on failure the caller runs `shutdown`."""
+        for component in self.components(model):
+            await component.start()
+            self._started.append(component)
 
     async def shutdown(self) -> None:
-        """SIGTERM: stop accepting, stop announcing, drain, then remove every VIP."""
+        """Stop the started components in reverse order; one failing does not stop the others."""
         log.info("shutdown_started", drain_timeout=self.options.drain_timeout)
-        async with self._lock:
-            self._closing = True  # no apply after this point can bind or announce
-            listeners = [pr.listener for rt in self.services.values() for pr in rt.ports.values()]
-            for listener in listeners:
-                listener.stop_accepting()
-            for ip in list(self._announced):
-                await self._withdraw(ip)
-        aborted = await asyncio.gather(*(ls.drain(self.options.drain_timeout) for ls in listeners))
-        pending = [*self._releases.values(), *(t for tasks in self._drains.values() for t in tasks)]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        async with self._lock:
-            for ip in list(self._bound):
-                await self._unbind(ip)
-        await self.announcer.close()
-        if self._admin is not None:
-            await self._admin.close()
-        log.info("shutdown_complete", aborted_connections=sum(aborted))
+        self._closing = True
+        while self._started:
+            component = self._started.pop()
+            try:
+                await component.stop()
+            except Exception as exc:
+                log.exception("component_stop_failed", component=component.name, error=str(exc))
+        log.info("shutdown_complete", aborted_connections=self.aborted)
 
-    async def reload(self) -> bool:
-        """Re-read the config; an invalid one is logged in full and the old one keeps running."""
+    def force_stop(self) -> None:
+        """A second SIGTERM: stop waiting for connections to drain."""
+        self._force.set()
+
+    async def _start_dataplane(self, model: Model) -> None:
+        await self.reconciler.start(model)
+
+    async def _stop_dataplane(self) -> None:
+        """Stop accepting, withdraw, drain (until the timeout or a forced stop), release VIPs."""
+        await self.reconciler.stop()
+        self.listeners.stop_accepting()
+        await self.vips.withdraw_all()
+        drain = asyncio.ensure_future(self.listeners.drain_all(self.options.drain_timeout))
+        forced = asyncio.ensure_future(self._force.wait())
+        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            log.warning("shutdown_forced", connections_reset=self.listeners.cut_all())
+        forced.cancel()
+        self.aborted = await drain
+        await self.vips.close()
+
+    async def _start_tick(self) -> None:
+        self._tick_task = asyncio.get_running_loop().create_task(self._tick(), name="tick")
+
+    async def _stop_tick(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_retry = loop.time()
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            now = loop.time()
+            if self.reconciler.blocked and now - last_retry >= RETRY_BLOCKED_SECONDS:
+                last_retry = now
+                self.reconciler.mark_dirty(retry_blocked=True)
+
+    # ---- reload --------------------------------------------------------------------------------
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the config; an invalid one is reported in full and the old one keeps running."""
         if self._closing:
-            return False
-        try:
-            loaded = config.load(self.options.config_paths)
-        except ConfigInvalid as exc:
-            for err in exc.errors:
-                log.error("config_error", error=str(err))
-            log.error("reload_rejected", errors=len(exc.errors))
-            return False
-        for warning in loaded.warnings:
-            log.warning("config_warning", warning=str(warning))
-        await self.apply(loaded.model)
-        log.info("reload_applied", services=len(loaded.model.services), failed=sorted(self.failed))
-        return True
+            return ReloadResult(False, errors=["lbd is shutting down"])
+        attempt = await read_config(self.options.config_paths)
+        report_attempt(attempt)
+        warnings = [str(w) for w in attempt.warnings]
+        if attempt.loaded is None:
+            log.error("reload_rejected", errors=len(attempt.errors))
+            return ReloadResult(False, errors=[str(e) for e in attempt.errors], warnings=warnings)
+        applied = await self.reconciler.submit(attempt.loaded.model)
+        plan = applied.plan
+        log.info(
+            "reload_applied",
+            summary=plan.summary(),
+            services=len(attempt.loaded.model.services),
+            failed=sorted(self.reconciler.blocked),
+        )
+        changes = {name: list(getattr(plan, name)) for name in ("added", "removed", "changed", "unchanged")}
+        return ReloadResult(True, plan.summary(), changes, dict(self.reconciler.blocked), warnings=warnings)
 
-    # ---- the one entry point that changes what runs ----------------------------------------
+    # ---- status and the admin API --------------------------------------------------------------
 
-    async def apply(self, model: Model, allocation: Allocation | None = None) -> None:
-        async with self._lock:
-            if self._closing:
-                return
-            if allocation is None:
-                previous = self.allocation.sticky() if self.allocation else state.load_assignments(self.options.state_dir)
-                allocation = allocate(model.pools, model.services, previous)
-            self.model, self.allocation = model, allocation
-            try:
-                state.save_assignments(self.options.state_dir, allocation.sticky())
-            except OSError as exc:  # keep serving; stickiness across restarts is what is lost
-                log.error("state_write_failed", state_dir=str(self.options.state_dir), error=str(exc))
-            self._update_pool_metrics(model, allocation)
-            self.announcer.interfaces = tuple(model.interfaces)
-
-            # 1. Release services that are gone or moved to another VIP.
-            for key, runtime in list(self.services.items()):
-                service = model.service(key)
-                new_ip = allocation.ip_of(key) if service is not None and service.exposed else None
-                if new_ip != runtime.ip:
-                    del self.services[key]
-                    self._close_ports(runtime, list(runtime.ports))
-                    log.info("service_released", service=key, ip=str(runtime.ip))
-            self.failed = {k: v for k, v in self.failed.items() if model.service(k) is not None}
-
-            # 2. Bring up or update what is wanted; one service's failure stays its own.
-            for service in model.services:
-                if not service.exposed:
-                    continue
-                ip = allocation.ip_of(service.key)
-                if ip is None:
-                    self._log_pending(service.key, allocation.assignments.get(service.key))
-                    continue
-                self._pending_logged.pop(service.key, None)
-                try:
-                    await self._ensure_service(service, ip)
-                    self.failed.pop(service.key, None)
-                except (OSError, RuntimeError) as exc:
-                    self._fail_service(service.key, ip, exc)
-
-            # 3. Announce VIPs whose listeners are open; release VIPs nobody uses any more.
-            wanted = self._wanted_vips()
-            for ip in wanted - self._announced:
-                if not is_loopback(ip):
-                    try:
-                        await self.announcer.announce(ip)
-                        self._announced.add(ip)
-                    except (OSError, RuntimeError) as exc:
-                        log.error("announce_failed", ip=str(ip), error=str(exc))
-            for ip in (self._announced | self._bound) - wanted:
-                if ip not in self._releases:
-                    self._releases[ip] = asyncio.get_running_loop().create_task(self._release_vip(ip))
-
-    async def _ensure_service(self, service: Service, ip: IPAddress) -> None:
-        runtime = self.services.get(service.key)
-        if runtime is None:
-            if ip not in self._bound and not is_loopback(ip):
-                interface = await self.announcer.bind(ip)
-                self._bound.add(ip)
-                log.info("vip_acquired", service=service.key, ip=str(ip), interface=interface)
-            runtime = ServiceRuntime(service, ip)
-            self.services[service.key] = runtime
-            log.info("service_serving", service=service.key, ip=str(ip))
-        runtime.service = service
-        wanted: dict[PortKey, ServicePort] = {}
-        for port in service.ports:
-            if port.protocol is Protocol.UDP:
-                if service.key not in self._udp_warned:
-                    log.warning("udp_not_served_yet", service=service.key, port=port.port)
-                    self._udp_warned.add(service.key)
-                continue
-            wanted[(port.protocol, port.port)] = port
-        self._close_ports(runtime, [k for k in runtime.ports if k not in wanted])
-        options = RelayOptions(connect_timeout=self.options.connect_timeout, idle_timeout=service.idle_timeout_seconds)
-        affinity = (str(service.session_affinity), service.affinity_timeout_seconds)
-        for port_key, port in wanted.items():
-            targets = self._targets(service, port)
-            existing = runtime.ports.get(port_key)
-            if existing is not None:
-                if existing.affinity != affinity:
-                    # A new policy starts a fresh table; the listener and its connections stay.
-                    existing.router.balancer = Balancer(service.session_affinity, service.affinity_timeout_seconds)
-                    existing.affinity = affinity
-                existing.router.update(targets)  # keeps round-robin position and affinities
-                existing.listener.set_options(options)
-                continue
-            balancer = Balancer(service.session_affinity, service.affinity_timeout_seconds)
-            router = ServiceRouter(balancer, PassiveHealth(), service=service.key, port=port.port)
-            router.update(targets)
-            listener = TcpListener(
-                str(ip), port.port, router, options, service=service.key, port_name=port.name or str(port.port)
-            )
-            await listener.start()
-            runtime.ports[port_key] = PortRuntime(listener, router, affinity)
-            log.info("listener_open", service=service.key, address=f"{ip}:{port.port}", protocol="TCP",
-                     endpoints=len(targets))
-
-    def _targets(self, service: Service, port: ServicePort) -> list[Target]:
-        """Ready endpoints for one service port (externalTrafficPolicy Local: this node's only)."""
-        local_only = service.external_traffic_policy is TrafficPolicy.LOCAL
-        return [
-            (str(ep.address), ep.target_port(port))
-            for ep in service.endpoints
-            if ep.ready and (not local_only or ep.node_name in (None, self.options.node_name))
-        ]
-
-    def _fail_service(self, key: str, ip: IPAddress, exc: BaseException) -> None:
-        runtime = self.services.pop(key, None)
-        if runtime is not None:
-            self._close_ports(runtime, list(runtime.ports))
-        reason = f"cannot serve {ip}: {exc}"
-        if self.failed.get(key) != reason:
-            log.error("service_failed", service=key, ip=str(ip), error=str(exc))
-        self.failed[key] = reason
-
-    def _log_pending(self, key: str, assignment: Assignment | None) -> None:
-        reason = (assignment.pending_reason if assignment else None) or "not allocated"
-        if self._pending_logged.get(key) != reason:
-            log.warning("AllocationFailed", service=key, reason=reason)  # MetalLB's event name
-            self._pending_logged[key] = reason
-
-    def _wanted_vips(self) -> set[IPAddress]:
-        return {rt.ip for rt in self.services.values()}
-
-    def _close_ports(self, runtime: ServiceRuntime, keys: Iterable[PortKey]) -> None:
-        """Stop accepting now; established connections drain in the background, tracked per VIP."""
-        for key in list(keys):
-            listener = runtime.ports.pop(key).listener
-            listener.stop_accepting()
-            task = asyncio.get_running_loop().create_task(listener.drain(self.options.drain_timeout))
-            drains = self._drains.setdefault(runtime.ip, set())
-            drains.add(task)
-            task.add_done_callback(drains.discard)
-
-    async def _release_vip(self, ip: IPAddress) -> None:
-        """Withdraw, wait for this VIP's connections to drain, then remove the address."""
-        try:
-            async with self._lock:
-                if ip in self._wanted_vips():
-                    return
-                await self._withdraw(ip)
-            drains = list(self._drains.get(ip, ()))
-            if drains:
-                await asyncio.gather(*drains, return_exceptions=True)
-            async with self._lock:
-                if ip not in self._wanted_vips():  # wanted again meanwhile: apply re-announces it
-                    await self._unbind(ip)
-        finally:
-            self._releases.pop(ip, None)
-
-    async def _withdraw(self, ip: IPAddress) -> None:
-        if ip in self._announced:
-            self._announced.discard(ip)
-            try:
-                await self.announcer.withdraw(ip)
-            except (OSError, RuntimeError) as exc:
-                log.error("withdraw_failed", ip=str(ip), error=str(exc))
-
-    async def _unbind(self, ip: IPAddress) -> None:
-        if ip in self._bound:
-            self._bound.discard(ip)
-            try:
-                await self.announcer.unbind(ip)
-                log.info("vip_released", ip=str(ip))
-            except (OSError, RuntimeError) as exc:
-                log.error("unbind_failed", ip=str(ip), error=str(exc))
-
-    def _update_pool_metrics(self, model: Model, allocation: Allocation) -> None:
-        for pool in model.pools:
-            metrics.addresses_total.labels(pool.name).set(usable_addresses(pool))
-            metrics.addresses_in_use.labels(pool.name).set(allocation.in_use(pool.name))
-
-    # ---- admin API -------------------------------------------------------------------------
-
-    def _routes(self) -> dict[tuple[str, str], Handler]:
-        async def get_services() -> list[StatusDict]:
-            return self.service_statuses()
-
-        async def post_reload() -> dict[str, object]:
-            return {"applied": await self.reload()}
-
-        return {("GET", "/v1/services"): get_services, ("POST", "/v1/reload"): post_reload}
+    def serving(self) -> int:
+        return sum(1 for c in self.reconciler.conditions.values() if c.state is ServiceState.SERVING)
 
     def service_statuses(self) -> list[StatusDict]:
-        assignments = dict(self.allocation.assignments) if self.allocation else {}
-        for key, reason in self.failed.items():
-            held = assignments.get(key)
-            assignments[key] = Assignment(key, None, held.pool if held else None, reason)
+        r = self.reconciler
         now = time.monotonic()
+        ejected: dict[tuple[str, str], frozenset[Target]] = {}
+        for entry in self.listeners.running.values():
+            label = (entry.spec.service, entry.spec.port_name)
+            ejected[label] = ejected.get(label, frozenset()) | entry.router.passive.ejected(now)
+        assignments = r.allocation.assignments if r.allocation is not None else {}
+        return statuses(r.model.services, assignments, StatusView(r.conditions, r.readiness, ejected))
 
-        def ready(service: Service, endpoint: Endpoint) -> bool:
-            runtime = self.services.get(service.key)
-            if not endpoint.ready or runtime is None or not service.ports:
-                return endpoint.ready
-            first = service.ports[0]
-            port_runtime = runtime.ports.get((first.protocol, first.port))
-            if port_runtime is None:
-                return endpoint.ready
-            return (str(endpoint.address), endpoint.target_port(first)) not in port_runtime.router.passive.ejected(now)
+    def _routes(self) -> dict[tuple[str, str], Handler]:
+        async def get_services(request: Request) -> list[StatusDict]:
+            rows = self.service_statuses()
+            name = request.param("name")
+            if name is not None:
+                rows = [r for r in rows if name in (r["name"], f"{r['namespace']}/{r['name']}")]
+            return rows
 
-        return statuses(self.model.services, assignments, ready)
+        async def post_reload(request: Request) -> dict[str, Any]:
+            return (await self.reload()).as_dict()
+
+        return {("GET", "/v1/services"): get_services, ("POST", "/v1/reload"): post_reload}
 
 
 async def run_daemon(options: DaemonOptions) -> int:
     """`lbd run`: load, start, serve until SIGTERM/SIGINT, reload on SIGHUP."""
-    try:
-        loaded = config.load(options.config_paths)
-    except ConfigInvalid as exc:
-        for err in exc.errors:
-            log.error("config_error", error=str(err))
+    attempt = await read_config(options.config_paths)
+    report_attempt(attempt)
+    if attempt.loaded is None:
         return 1
-    for warning in loaded.warnings:
-        log.warning("config_warning", warning=str(warning))
-    announcer = Announcer(
-        loaded.model.interfaces,
+    model = attempt.loaded.model
+    presence = L2Presence(
+        model.interfaces,
         garp_rounds=options.garp_rounds,
         garp_interval=options.garp_interval,
         refresh_interval=options.garp_refresh,
     )
-    daemon = Daemon(options, announcer)
+    daemon = Daemon(options, presence)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    reloads: set[asyncio.Task[bool]] = set()
+    reloads: set[asyncio.Task[ReloadResult]] = set()
+
+    def on_stop_signal() -> None:
+        if stop.is_set():
+            log.warning("second_stop_signal", hint="connections are reset now; VIPs are still released")
+            daemon.force_stop()
+        stop.set()
 
     def on_sighup() -> None:
         task = loop.create_task(daemon.reload())
         reloads.add(task)  # keep a reference; a failure is logged, never lost
 
-        def done(t: asyncio.Task[bool]) -> None:
+        def done(t: asyncio.Task[ReloadResult]) -> None:
             reloads.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 log.error("reload_failed", error=repr(t.exception()))
@@ -401,30 +285,17 @@ async def run_daemon(options: DaemonOptions) -> int:
         task.add_done_callback(done)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
-        await daemon.start(loaded.model)
+        await daemon.start(model)
     except Exception as exc:  # anything at start-up: clean up what was bound, then exit non-zero
         log.error("start_failed", error=str(exc), exc_info=True)
         with contextlib.suppress(Exception):
             await daemon.shutdown()
         return 1
-    log.info("ready", services=len(daemon.services), failed=sorted(daemon.failed), node=options.node_name)
+    log.info("ready", services=daemon.serving(), failed=sorted(daemon.reconciler.blocked), node=options.node_name)
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     await daemon.shutdown()
     return 0
-
-
-def parse_host_port(value: str) -> tuple[str, int]:
-    """HOST:PORT or [V6]:PORT; raises ValueError with the reason."""
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        raise ValueError("expected HOST:PORT")
-    host = host.strip("[]") or "127.0.0.1"
-    ipaddress.ip_address(host)
-    number = int(port)
-    if not 0 < number < 65536:
-        raise ValueError(f"{number} is not a port (1-65535)")
-    return host, number

@@ -6,7 +6,11 @@ in Prometheus text format. Names follow MetalLB where MetalLB has one.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import asyncio
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -61,3 +65,21 @@ layer2_conflicts_total = Counter(
     ["ip"],
     registry=REGISTRY,
 )
+
+
+class MetricsServer:
+    """Serves REGISTRY over HTTP (prometheus-client's threaded server), started and stopped with lbd."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._server: Any = None
+
+    async def start(self) -> None:
+        self._server, _ = start_http_server(self.port, addr=self.host, registry=REGISTRY)
+        structlog.get_logger("lbd.metrics").info("metrics_listening", address=f"{self.host}:{self.port}")
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await asyncio.to_thread(server.shutdown)  # waits for serve_forever's poll (<= 0.5 s)
+            server.server_close()

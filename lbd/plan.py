@@ -14,7 +14,7 @@ stay); a listener whose key or service changed is closed and another opened.
 Invariants:
 - plan(running, desired) is empty when running already is what desired describes;
 - a key is in at most one of close/open/update, except close + open of the same key when the
-  service or port name behind it changed (executed in that order);
+  service behind it changed (executed in that order);
 - release and revoke never name a VIP that is acquired in the same plan;
 - acquire and announce name only VIPs this node owns.
 """
@@ -73,6 +73,7 @@ class ListenerChange:
     targets: bool = False
     balancer: bool = False
     options: bool = False
+    renamed: bool = False  # the port's name (its log and metric label) changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +233,7 @@ def plan(running: Running, desired: Desired) -> Plan:
                     targets=old.targets != new.targets,
                     balancer=old.balancer != new.balancer,
                     options=old.options != new.options,
+                    renamed=old.port_name != new.port_name,
                 )
             )
 
@@ -264,8 +266,8 @@ def plan(running: Running, desired: Desired) -> Plan:
 
 
 def _reopens(old: ListenerSpec, new: ListenerSpec) -> bool:
-    """Another service (or a renamed port: its metric labels) on the same key: a new listener."""
-    return old.service != new.service or old.port_name != new.port_name
+    """Another service on the same key: a new listener (the old one's connections drain)."""
+    return old.service != new.service
 
 
 def _ip_order(ip: IPAddress) -> tuple[int, int]:

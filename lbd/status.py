@@ -1,59 +1,133 @@
-"""What `lbd check` and `lbd get services` show: service status objects and the kubectl-style table.
+"""What `lbd check` and `lbd get services` show: each service's condition, endpoints, the table.
 
-Pure: status objects are plain dicts (the admin API's JSON), built from the model, the
-allocation and an optional readiness view; the table renders those dicts, so the CLI draws
-the same table from a config file (`check`) and from the running daemon (`get`).
+Pure. A service's condition (ServiceState and reason) is decided here once, from the model, the
+allocation, why it could not be served and who owns its VIP; the daemon logs it on every change,
+the admin API returns it, and metrics can label by it, in the same words. Status objects are
+plain dicts (the admin API's JSON); the table renders those dicts, so the CLI draws the same
+table from a config file (`check`) and from the running daemon (`get`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from lbd.allocator import Assignment
-from lbd.model import Endpoint, Service
+from lbd.balancer import Target
+from lbd.model import IPAddress, Protocol, Service, ServicePort
+from lbd.ownership import Ownership
+from lbd.readiness import ServiceReadiness, assess
 
 StatusDict = dict[str, Any]
-# (service, endpoint) -> ready; the daemon folds in passive (later: active) health.
-ReadyView = Callable[[Service, Endpoint], bool]
+
+UNSERVED_PORT_REASON = "this version of lbd does not relay that protocol yet"
 
 
-def _model_ready(service: Service, endpoint: Endpoint) -> bool:
-    return endpoint.ready
+class ServiceState(StrEnum):
+    """Where a service stands: a status field, a log event's subject and a metric label."""
+
+    SERVING = "Serving"  # VIP bound here, listeners open
+    ALLOCATED = "Allocated"  # `lbd check`: a VIP is assigned; nothing runs
+    PENDING = "Pending"  # no VIP: the allocator says why
+    FAILED = "Failed"  # a VIP, but it cannot be served here (port in use, no interface)
+    STANDBY = "Standby"  # listeners open, the VIP is owned elsewhere (ownership gate)
+    NOT_EXPOSED = "NotExposed"  # ClusterIP, NodePort, headless: listed, never served
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCondition:
+    """A service's state with its reason, its VIP and the ports not relayed."""
+
+    state: ServiceState
+    reason: str | None = None
+    ip: IPAddress | None = None
+    unserved_ports: tuple[str, ...] = ()  # "53/UDP": protocols this build does not relay
+
+
+def condition_of(
+    service: Service,
+    assignment: Assignment | None,
+    failure: str | None = None,
+    ownership: Ownership | None = None,
+    relayable: Collection[Protocol] | None = None,
+) -> ServiceCondition:
+    """The one place a service's state is decided. `relayable` None: nothing runs (`check`)."""
+    if not service.exposed:
+        headless = ", headless" if service.headless else ""
+        return ServiceCondition(ServiceState.NOT_EXPOSED, f"not exposed (type {service.type}{headless})")
+    if assignment is None or assignment.ip is None:
+        reason = assignment.pending_reason if assignment is not None else None
+        return ServiceCondition(ServiceState.PENDING, reason or "not allocated yet")
+    if failure is not None:
+        return ServiceCondition(ServiceState.FAILED, failure, assignment.ip)
+    if relayable is None:
+        return ServiceCondition(ServiceState.ALLOCATED, None, assignment.ip)
+    unserved = tuple(f"{p.port}/{p.protocol}" for p in service.ports if p.protocol not in relayable)
+    if ownership is not None and not ownership.owner:
+        return ServiceCondition(ServiceState.STANDBY, str(ownership.reason), assignment.ip, unserved)
+    return ServiceCondition(ServiceState.SERVING, None, assignment.ip, unserved)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    """What is known beyond the config: conditions, readiness, and soft ejections right now."""
+
+    conditions: Mapping[str, ServiceCondition] = field(default_factory=dict)
+    readiness: Mapping[str, ServiceReadiness] = field(default_factory=dict)
+    # (service key, port name) -> targets passive health ejects now (tried last).
+    ejected: Mapping[tuple[str, str], frozenset[Target]] = field(default_factory=dict)
 
 
 def service_status(
-    service: Service, assignment: Assignment | None, ready: ReadyView = _model_ready
+    service: Service,
+    assignment: Assignment | None,
+    condition: ServiceCondition,
+    readiness: ServiceReadiness,
+    ejected: Mapping[tuple[str, str], frozenset[Target]] | None = None,
 ) -> StatusDict:
     """One service as the admin API and `-o json` show it."""
+    ejected = ejected or {}
+    unserved = set(condition.unserved_ports)
     ports = [
-        {"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": str(p.protocol)}
+        {
+            "name": p.name,
+            "port": p.port,
+            "targetPort": p.target_port,
+            "protocol": str(p.protocol),
+            "served": condition.state is ServiceState.SERVING and f"{p.port}/{p.protocol}" not in unserved,
+        }
         for p in service.ports
     ]
     first_port = service.ports[0] if service.ports else None
-    endpoints = [
-        {
-            "address": str(ep.address),
-            "port": ep.target_port(first_port) if first_port else ep.port,
-            "ready": ready(service, ep),
-            "nodeName": ep.node_name,
-        }
-        for ep in service.endpoints
-    ]
-    if not service.exposed:
-        pending_reason = None
-        note = "not exposed (type %s%s)" % (service.type, ", headless" if service.headless else "")
-    else:
-        pending_reason = assignment.pending_reason if assignment else "not allocated yet"
-        note = None
+    endpoints = []
+    for verdict in readiness.endpoints:
+        ep = verdict.endpoint
+        out_on = [p.name or str(p.port) for p in service.ports if _target(ep, p) in ejected.get((service.key, p.name or str(p.port)), ())]
+        endpoints.append(
+            {
+                "address": str(ep.address),
+                "port": ep.target_port(first_port) if first_port else ep.port,
+                "ready": verdict.ready and not out_on,
+                "reason": "Ejected" if verdict.ready and out_on else str(verdict.reason),
+                "ejectedOn": out_on,
+                "serving": ep.serving,
+                "terminating": ep.terminating,
+                "nodeName": ep.node_name,
+            }
+        )
+    shown_ip = condition.ip if condition.state is not ServiceState.FAILED else None
     return {
         "name": service.name,
         "namespace": service.namespace,
         "type": str(service.type),
-        "externalIP": str(assignment.ip) if assignment and assignment.ip else None,
+        "state": str(condition.state),
+        "reason": condition.reason,
+        "externalIP": str(shown_ip) if shown_ip is not None else None,
         "pool": assignment.pool if assignment else None,
-        "pending_reason": pending_reason if not (assignment and assignment.ip) else None,
-        "note": note,
+        "pending_reason": condition.reason if condition.state in (ServiceState.PENDING, ServiceState.FAILED) else None,
+        "note": condition.reason if condition.state is ServiceState.NOT_EXPOSED else None,
         "sessionAffinity": str(service.session_affinity),
         "externalTrafficPolicy": str(service.external_traffic_policy),
         "ports": ports,
@@ -61,12 +135,27 @@ def service_status(
     }
 
 
-def statuses(
-    services: Iterable[Service],
-    assignments: Mapping[str, Assignment],
-    ready: ReadyView = _model_ready,
-) -> list[StatusDict]:
-    return [service_status(s, assignments.get(s.key), ready) for s in services]
+def _target(endpoint: Any, port: ServicePort) -> Target:
+    return (str(endpoint.address), endpoint.target_port(port))
+
+
+def statuses(services: Iterable[Service], assignments: Mapping[str, Assignment], view: StatusView) -> list[StatusDict]:
+    rows = []
+    for service in services:
+        assignment = assignments.get(service.key)
+        condition = view.conditions.get(service.key) or condition_of(service, assignment)
+        readiness = view.readiness.get(service.key) or assess(service, node="")
+        rows.append(service_status(service, assignment, condition, readiness, view.ejected))
+    return rows
+
+
+def check_view(services: Iterable[Service], assignments: Mapping[str, Assignment], node: str) -> StatusView:
+    """What `lbd check` knows: the allocation and the config's readiness, seen from `node`."""
+    services = list(services)
+    return StatusView(
+        conditions={s.key: condition_of(s, assignments.get(s.key)) for s in services},
+        readiness={s.key: assess(s, node) for s in services},
+    )
 
 
 def _ports_cell(status: StatusDict) -> str:
@@ -108,4 +197,7 @@ def render_table(rows: list[StatusDict]) -> str:
             out.append(f"{key}: <pending>: {r['pending_reason']}")
         elif r["note"]:
             out.append(f"{key}: {r['note']}")
+        elif r.get("state") == ServiceState.SERVING and not all(p.get("served", True) for p in r["ports"]):
+            unserved = ", ".join(f"{p['port']}/{p['protocol']}" for p in r["ports"] if not p.get("served", True))
+            out.append(f"{key}: {unserved} not served: {UNSERVED_PORT_REASON}")
     return "\n".join(out)

@@ -1,15 +1,14 @@
-"""Interface choice and lbd's address mark (pure), and the Announcer's no-root behaviour."""
+"""Interface choice and lbd's address mark (pure), and the L2 announcer's argument checks."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 
 import pytest
 
 from lbd.net import addresses
 from lbd.net.addresses import LBD_ADDR_PROTO, Address, Link, Snapshot
-from lbd.net.announcer import Announcer
+from lbd.net.l2 import L2Announcer
 
 ip = ipaddress.ip_address
 MAC = bytes.fromhex("02aabbccdd01")
@@ -89,30 +88,7 @@ def test_no_interface_message_names_the_fix() -> None:
     assert "nope" in message and "configuration" in message
 
 
-def test_announcer_rejects_bad_timings() -> None:
+def test_l2_announcer_rejects_bad_timings() -> None:
     for kwargs in ({"garp_rounds": -1}, {"garp_interval": 0}, {"refresh_interval": 0.0}):
         with pytest.raises(ValueError):
-            Announcer(**kwargs)  # type: ignore[arg-type]
-
-
-def test_loopback_vips_are_no_ops_without_root() -> None:
-    async def scenario() -> None:
-        announcer = Announcer(garp_interval=0.01)
-        for vip in (ip("127.0.0.5"), ip("::1")):
-            assert announcer.interface_for(vip) is None
-            assert await announcer.bind(vip) is None
-            assert await announcer.announce(vip) is None
-            await announcer.withdraw(vip)
-            await announcer.unbind(vip)
-        await announcer.close()
-
-    asyncio.run(scenario())
-
-
-def test_interface_for_works_inside_a_running_loop() -> None:
-    # pyroute2's sync IPRoute refuses to run inside a running loop; interface_for must not care.
-    # Read-only: it only lists this namespace's interfaces.
-    async def scenario() -> str | None:
-        return Announcer().interface_for(ip("198.51.100.7"))
-
-    assert asyncio.run(scenario()) in (None, *[link.name for link in addresses.snapshot().links])
+            L2Announcer(**kwargs)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """The NDP codec (unsolicited neighbour advertisements, solicitations seen on the wire).
 
-Cross-checked against scapy, which computes the ICMPv6 checksum itself. The announcer's BPF
+Cross-checked against scapy, which computes the ICMPv6 checksum itself. The L2 announcer's BPF
 filter (which frames reach the codecs at all) is checked here too, with a tiny cBPF interpreter.
 """
 
@@ -201,7 +201,7 @@ def run_cbpf(program: tuple[tuple[int, int, int, int], ...], packet: bytes) -> i
 
 
 def test_bpf_filter_keeps_arp_and_ndp_only(scapy) -> None:  # type: ignore[no-untyped-def]
-    from lbd.net.announcer import ARP_NDP_FILTER, SNAPLEN
+    from lbd.net.l2 import ARP_NDP_FILTER, SNAPLEN
 
     keep = [
         *arp.gratuitous_pair(MAC, ipaddress.IPv4Address("198.18.1.200")),

@@ -151,12 +151,14 @@ def test_port_added_to_a_service_opens_only_that_listener() -> None:
     assert not (p.close or p.update or p.acquire or p.release)
 
 
-def test_renamed_port_reopens_its_listener() -> None:
+def test_renamed_port_is_renamed_in_place() -> None:
     running = running_after(wanted(WEB))
     renamed = dataclasses.replace(WEB, ports=(ServicePort("web", 80, 8080),))
     p = plan(running, wanted(renamed))
-    assert p.close == (ListenerKey(Protocol.TCP, VIP0, 80),)
-    assert [s.key for s in p.open] == [ListenerKey(Protocol.TCP, VIP0, 80)]
+    assert not (p.open or p.close)
+    (update,) = p.update
+    assert update.renamed and not (update.targets or update.balancer or update.options)
+    assert update.spec.port_name == "web"
 
 
 def test_vip_moves_when_the_service_asks_for_another_ip() -> None:

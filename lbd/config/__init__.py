@@ -2,6 +2,8 @@
 
 `load` reads every file, validates everything, and either returns the model or raises
 `ConfigInvalid` with all the errors at once, each naming file, document, line, object and field.
+`attempt` does the same without raising: the one outcome `lbd check`, a reload (SIGHUP or the
+admin API) and start-up all report from.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from lbd.config.services import check_services
 from lbd.config.yamlsrc import YMap
 from lbd.model import Model
 
-__all__ = ["ConfigError", "ConfigInvalid", "Loaded", "load"]
+__all__ = ["Attempt", "ConfigError", "ConfigInvalid", "Loaded", "attempt", "load"]
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
@@ -31,6 +33,26 @@ class Loaded:
     model: Model
     warnings: tuple[ConfigError, ...]  # e.g. legacy metallb.universe.tf/* annotation keys
     sources: tuple[str, ...]  # the files actually read, in order
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of reading a configuration: a Loaded, or every error; warnings either way."""
+
+    loaded: Loaded | None
+    errors: tuple[ConfigError, ...] = ()
+
+    @property
+    def warnings(self) -> tuple[ConfigError, ...]:
+        return self.loaded.warnings if self.loaded is not None else ()
+
+
+def attempt(paths: Sequence[str | os.PathLike[str]]) -> Attempt:
+    """`load`, with the errors as data instead of an exception."""
+    try:
+        return Attempt(load(paths))
+    except ConfigInvalid as exc:
+        return Attempt(None, tuple(exc.errors))
 
 
 def load(paths: Sequence[str | os.PathLike[str]]) -> Loaded:

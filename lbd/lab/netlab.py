@@ -58,6 +58,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from lbd.model import IPAddress
 from lbd.net.ethernet import ETH_P_ARP, ETH_P_IPV6, HEADER_LEN, decode_header
 from lbd.net.ndp import inet_checksum
 
@@ -83,7 +84,6 @@ VIP_FIRST, VIP_LAST = 200, 220  # VIP pool host numbers, in both families
 HERE = Path(__file__).resolve().parent
 BACKEND_SCRIPT = HERE / "backend.py"
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class LabError(RuntimeError):

@@ -27,7 +27,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from lbd.model import IPAddress
 
 # IFA_PROTO values 0-3 are the kernel's (IFA_PROTO_UNSPEC, _KERNEL_LO, _KERNEL_RA, _KERNEL_LL in
 # include/uapi/linux/if_addr.h); user space may use any other. 0xBD reads "lBD". To see it by

@@ -112,9 +112,18 @@ class Listener:
         """Wait up to `timeout` for established traffic to end, then cut it; returns how many were cut."""
         raise NotImplementedError
 
+    def cut(self) -> int:
+        """Reset everything established now; returns how many connections or flows were cut."""
+        raise NotImplementedError
+
     def set_options(self, options: RelayOptions) -> None:
         """New options for new connections or flows (established ones keep theirs)."""
         self.options = options
+
+    def rename(self, port_name: str) -> None:
+        """The service port was renamed: new logs and metrics use the new name."""
+        self.port_name = port_name
+        self._m_failures.clear()
 
     @property
     def active(self) -> int:

@@ -57,13 +57,25 @@ class TcpListener(Listener):
         self.bytes_up = 0
         self.bytes_down = 0
         self._flushed = (0, 0, 0, 0)  # accepted, bytes up, bytes down, active as last reported
+        self._bind_metrics()
+
+    def _bind_metrics(self) -> None:
         # Label children bound once: no .labels() on the hot path.
-        labels = (service, port_name)
+        labels = (self.service, self.port_name)
         self._m_connections = metrics.connections_total.labels(*labels)
         self._m_active = metrics.connections_active.labels(*labels)
         self._m_bytes_up = metrics.bytes_total.labels(*labels, "client_to_endpoint")
         self._m_bytes_down = metrics.bytes_total.labels(*labels, "endpoint_to_client")
         self._m_no_endpoint = metrics.no_endpoint_resets_total.labels(*labels)
+
+    def rename(self, port_name: str) -> None:
+        """Counters so far stay under the old name; what comes next counts under the new one."""
+        active = len(self.relays)
+        self.flush_metrics()
+        self._m_active.dec(active)  # the open connections move to the new label
+        super().rename(port_name)
+        self._bind_metrics()
+        self._m_active.inc(active)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -107,13 +119,18 @@ class TcpListener(Listener):
                 pass
             finally:
                 self.drain_waiter = None
-        aborted = list(self.relays)
-        for relay in aborted:
-            relay.abort()
+        aborted = self.cut()
         if aborted:
             await asyncio.sleep(0)  # let the connection_lost callbacks run
         self.flush_metrics()
-        return len(aborted)
+        return aborted
+
+    def cut(self) -> int:
+        """Reset every relay now (drain timeout, or a forced stop)."""
+        relays = list(self.relays)
+        for relay in relays:
+            relay.abort()
+        return len(relays)
 
     @property
     def active(self) -> int:

@@ -1,49 +1,43 @@
-"""The layer 2 announcer: VIP addresses on the announce interface, gratuitous ARP/NA, and who asks.
+"""Layer 2 announcements: gratuitous ARP/NA for a VIP, and watching who asks for it.
 
 Like MetalLB's layer2 speaker, with one difference that follows from lbd binding the VIP to
 the interface (MetalLB's speaker never does): the kernel owns the address, so the kernel
 answers ARP requests and neighbour solicitations for it, with the interface's MAC (arp_ignore=1
-keeps the other interfaces quiet). lbd does not send answers of its own, which would only
-duplicate every reply. Its AF_PACKET socket on each announce interface sends the gratuitous
-frames and watches ARP/NDP in both directions, so `requests_received_total` counts requests
-that reached the interface and `responses_sent_total` counts answers that actually left it.
+keeps the other interfaces quiet). lbd sends no answers of its own, which would only duplicate
+every reply. Its AF_PACKET socket on each announce interface sends the gratuitous frames and
+watches ARP/NDP in both directions, so `requests_received_total` counts requests that reached
+the interface and `responses_sent_total` counts answers that actually left it.
 
-Order of operations (the daemon's): bind -> announce -> ... -> withdraw -> unbind. Loopback VIPs
-(127.0.0.0/8, ::1) need neither an address nor ARP: every verb is a no-op for them.
+A VIP is announced only once its address is bound (lbd.net.claims); the interface that holds
+it is where the kernel answers, so that is where the frames go.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
-import ipaddress
 import socket
 import struct
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import structlog
 
 from lbd import metrics
-from lbd.net import addresses, arp, ndp
-from lbd.net.addresses import AddOutcome, AnnounceError, Link, NoInterfaceError, Snapshot
-from lbd.net.arp import DEFAULT_GARP_INTERVAL, DEFAULT_GARP_ROUNDS, Seen, Sighting, format_mac
+from lbd.model import IPAddress
+from lbd.net import arp, ndp
+from lbd.net.addresses import AnnounceError, Link, Snapshot
+from lbd.net.arp import DEFAULT_GARP_INTERVAL, DEFAULT_GARP_ROUNDS, Seen, Sighting
+from lbd.net.claims import check_announceable
+from lbd.net.ethernet import format_mac
 
-__all__ = ["Announcer", "AnnounceError", "NoInterfaceError"]
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-T = TypeVar("T")
-
-log = structlog.get_logger("lbd.net.announcer")
+log = structlog.get_logger("lbd.net.l2")
 
 ETH_P_ALL = 0x0003  # include/uapi/linux/if_ether.h; only ETH_P_ALL taps see outgoing frames
 SO_ATTACH_FILTER = 26  # include/uapi/asm-generic/socket.h
 SNAPLEN = 128  # bytes kept per frame: an NS/NA with one option is 86, ARP 42
 MAX_FRAMES_PER_WAKEUP = 64  # bound the work one readable event can do on a noisy segment
-NETLINK_TIMEOUT = 5.0  # seconds; a netlink dump takes ~2 ms, this only guards against a hang
 
 # Classic BPF: keep ARP and ICMPv6 neighbour solicitations/advertisements (no IPv6 extension
 # headers, as NDP sends them), drop everything else in the kernel so data traffic never wakes us.
@@ -61,16 +55,6 @@ ARP_NDP_FILTER: tuple[tuple[int, int, int, int], ...] = (
     (_BPF_RET_K, 0, 0, SNAPLEN),  # 8: keep
     (_BPF_RET_K, 0, 0, 0),  # 9: drop
 )
-
-
-def _skipped(vip: IPAddress) -> bool:
-    """Loopback VIPs are served on lo by the kernel already: nothing to bind or announce."""
-    return vip.is_loopback
-
-
-def _check_announceable(vip: IPAddress) -> None:
-    if vip.is_multicast or vip.is_unspecified or vip.is_link_local:
-        raise AnnounceError(f"VIP {vip} is not a unicast address that can be announced; fix the pool")
 
 
 def _attach_filter(sock: socket.socket, program: Sequence[tuple[int, int, int, int]]) -> None:
@@ -167,12 +151,11 @@ class _Announcement:
     task: asyncio.Task[None] | None = field(default=None)
 
 
-class Announcer:
-    """Binds VIPs to the announce interface with lbd's mark, announces them, and releases them."""
+class L2Announcer:
+    """Sends gratuitous ARP/NA bursts for announced VIPs and counts the ARP/NDP traffic about them."""
 
     def __init__(
         self,
-        interfaces: Sequence[str] = (),
         *,
         garp_rounds: int = DEFAULT_GARP_ROUNDS,
         garp_interval: float = DEFAULT_GARP_INTERVAL,
@@ -184,33 +167,14 @@ class Announcer:
             raise ValueError(f"garp_interval must be > 0 seconds, got {garp_interval}")
         if refresh_interval is not None and refresh_interval <= 0:
             raise ValueError(f"refresh_interval must be > 0 seconds or None, got {refresh_interval}")
-        self.interfaces = tuple(interfaces)
         self.garp_rounds = garp_rounds
         self.garp_interval = garp_interval
         self.refresh_interval = refresh_interval
-        self._bound: dict[IPAddress, str] = {}  # VIP -> interface: what this process added or adopted
         self._announced: dict[IPAddress, _Announcement] = {}
         self._watchers: dict[str, _Watcher] = {}  # interface name -> packet socket
-        self._netlink_lock = asyncio.Lock()  # one address change at a time: no add/remove races
-
-    # ---- lifecycle -----------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Check the configured interfaces. Opens nothing: loopback-only daemons need no root."""
-        snap = await self._snapshot()
-        for name in self.interfaces:
-            if snap.link(name) is None:
-                log.warning("interface_missing", interface=name)
-        log.info(
-            "announcer_started",
-            interfaces=list(self.interfaces),
-            garp_rounds=self.garp_rounds,
-            garp_interval=self.garp_interval,
-            refresh_interval=self.refresh_interval,
-        )
 
     async def close(self) -> None:
-        """Stop every task and socket. Addresses stay: the daemon decides (unbind) what goes."""
+        """Stop every burst and close every packet socket."""
         tasks = [a.task for a in self._announced.values() if a.task is not None]
         for task in tasks:
             task.cancel()
@@ -220,59 +184,14 @@ class Announcer:
             watcher.close()
         self._watchers.clear()
 
-    # ---- verbs ---------------------------------------------------------------------------------
-
-    def interface_for(self, vip: IPAddress) -> str | None:
-        """The interface `bind` would use (or uses) for `vip`; None for loopback or no fit."""
-        if _skipped(vip):
-            return None
-        if vip in self._bound:
-            return self._bound[vip]
-        return addresses.choose_interface(vip, _call_off_loop(addresses.snapshot), self.interfaces)
-
-    async def bind(self, vip: IPAddress) -> str | None:
-        """Add `vip` with lbd's mark to its interface (idempotent). Returns the interface."""
-        if _skipped(vip):
-            return None
-        _check_announceable(vip)
-        async with self._netlink_lock:
-            snap = await self._snapshot()
-            ifname = addresses.choose_interface(vip, snap, self.interfaces)
-            if ifname is None:
-                raise NoInterfaceError(addresses.no_interface_message(vip, snap, self.interfaces))
-            for address, link in snap.find(vip):  # configuration moved it: only one copy is ours
-                if link.name != ifname and addresses.is_marked(address, link.name):
-                    await asyncio.to_thread(addresses.remove_address, link.name, vip)
-                    log.info(
-                        "vip_unbound", ip=str(vip), interface=link.name, mac=format_mac(link.mac), moved_to=ifname
-                    )
-            outcome = await asyncio.to_thread(addresses.add_address, ifname, vip)
-            if vip.version == 4:
-                await self._set_sysctls(ifname)
-            self._bound[vip] = ifname
-        link = snap.link(ifname)
-        mac = format_mac(link.mac) if link is not None else None
-        if outcome is AddOutcome.FOREIGN:
-            log.warning(
-                "vip_address_not_owned",
-                ip=str(vip),
-                interface=ifname,
-                mac=mac,
-                hint="the address was there without lbd's mark; lbd uses it but will not remove it",
-            )
-        log.info("vip_bound", ip=str(vip), interface=ifname, mac=mac, outcome=str(outcome))
-        return ifname
-
-    async def announce(self, vip: IPAddress) -> None:
+    async def announce(self, vip: IPAddress, snap: Snapshot, bound_to: str | None = None) -> None:
         """Send gratuitous ARP/NA now and `garp_rounds - 1` more times; watch requests until withdraw.
 
+        `snap` shows where the address is (preferring `bound_to` if it is on several interfaces).
         Announcing again restarts the burst (e.g. after a failover the daemon wants new GARPs).
         """
-        if _skipped(vip):
-            return None
-        _check_announceable(vip)
-        snap = await self._snapshot()
-        link = self._link_holding(vip, snap)
+        check_announceable(vip)
+        link = _link_holding(vip, snap, bound_to)
         watcher = self._watcher_for(link)
         watcher.vips.add(vip)
         previous = self._announced.pop(vip, None)
@@ -301,82 +220,6 @@ class Announcer:
         await self._stop(announcement)
         watcher = announcement.watcher
         log.info("vip_withdrawn", ip=str(vip), interface=watcher.link.name, mac=watcher.mac_text)
-
-    async def unbind(self, vip: IPAddress) -> None:
-        """Remove `vip` from its interface if it carries lbd's mark; the kernel stops answering."""
-        if _skipped(vip):
-            return
-        if vip in self._announced:  # release order is withdraw then unbind; keep it even if misused
-            await self.withdraw(vip)
-        async with self._netlink_lock:
-            self._bound.pop(vip, None)
-            snap = await self._snapshot()
-            for address, link in snap.find(vip):
-                if not addresses.is_marked(address, link.name):
-                    log.warning(
-                        "vip_address_not_owned",
-                        ip=str(vip),
-                        interface=link.name,
-                        mac=format_mac(link.mac),
-                        hint="left in place: it does not carry lbd's mark",
-                    )
-                    continue
-                removed = await asyncio.to_thread(addresses.remove_address, link.name, vip)
-                if removed:
-                    log.info("vip_unbound", ip=str(vip), interface=link.name, mac=format_mac(link.mac))
-
-    async def reconcile(self, wanted: Collection[IPAddress]) -> list[IPAddress]:
-        """Remove lbd-marked addresses that are not wanted (a crash's leftovers); keep wanted ones.
-
-        Wanted ones are adopted as bound, not re-added, so their service never has a gap.
-        """
-        wanted_set = set(wanted)
-        removed: list[IPAddress] = []
-        async with self._netlink_lock:
-            snap = await self._snapshot()
-            for address, link in snap.marked():
-                mac = format_mac(link.mac)
-                if address.ip in wanted_set:
-                    self._bound.setdefault(address.ip, link.name)
-                    log.info("vip_kept", ip=str(address.ip), interface=link.name, mac=mac)
-                    continue
-                if address.ip in self._announced:
-                    await self.withdraw(address.ip)
-                if await asyncio.to_thread(addresses.remove_address, link.name, address.ip):
-                    self._bound.pop(address.ip, None)
-                    removed.append(address.ip)
-                    log.info("stale_vip_removed", ip=str(address.ip), interface=link.name, mac=mac)
-        return removed
-
-    # ---- internals -----------------------------------------------------------------------------
-
-    async def _snapshot(self) -> Snapshot:
-        return await asyncio.wait_for(asyncio.to_thread(addresses.snapshot), NETLINK_TIMEOUT)
-
-    async def _set_sysctls(self, ifname: str) -> None:
-        try:
-            changed = await asyncio.to_thread(addresses.set_arp_sysctls, ifname)
-        except OSError as error:
-            log.warning(
-                "arp_sysctl_failed",
-                interface=ifname,
-                error=str(error),
-                hint="other interfaces may answer ARP for the VIP too (ARP flux)",
-            )
-            return
-        if changed:
-            log.info("arp_sysctl_set", interface=ifname, **changed)
-
-    def _link_holding(self, vip: IPAddress, snap: Snapshot) -> Link:
-        """The interface that has `vip`: the kernel answers there, so we announce there."""
-        copies = snap.find(vip)
-        bound_to = self._bound.get(vip)
-        for _, link in copies:
-            if link.name == bound_to:
-                return link
-        if copies:
-            return copies[0][1]
-        raise AnnounceError(f"cannot announce VIP {vip}: it is not on any interface; bind() it first")
 
     def _watcher_for(self, link: Link) -> _Watcher:
         """The packet socket on `link`, opened on first use, reopened if the interface changed."""
@@ -436,16 +279,17 @@ class Announcer:
             del self._watchers[watcher.link.name]
 
 
+def _link_holding(vip: IPAddress, snap: Snapshot, bound_to: str | None) -> Link:
+    """The interface that has `vip`: the kernel answers there, so we announce there."""
+    copies = snap.find(vip)
+    for _, link in copies:
+        if link.name == bound_to:
+            return link
+    if copies:
+        return copies[0][1]
+    raise AnnounceError(f"cannot announce VIP {vip}: it is not on any interface; claim it first")
+
+
 def _prepend(first: float, rest: Iterator[float]) -> Iterator[float]:
     yield first
     yield from rest
-
-
-def _call_off_loop(function: Callable[[], T]) -> T:
-    """Run a sync pyroute2 call; in a worker thread when this thread runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return function()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(function).result(timeout=NETLINK_TIMEOUT)

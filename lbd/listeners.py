@@ -1,0 +1,120 @@
+"""The running listeners, by (protocol, VIP, port): open, update in place, close and drain.
+
+The registry maps a protocol to its listener class, so UDP plugs in beside TCP; a protocol
+with no entry is not relayed (the plan leaves its ports out and the status says why). Each
+listener gets a ServiceRouter (balancer + passive health) built from its ListenerSpec. A
+closed listener stops accepting at once and drains in the background; its drain is kept
+per VIP so the VIP lifecycle can wait for it before removing the address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from lbd.balancer import Balancer
+from lbd.health.passive import PassiveHealth
+from lbd.model import IPAddress, Protocol
+from lbd.plan import ListenerChange, ListenerKey, ListenerSpec
+from lbd.relay.listener import Listener
+from lbd.relay.tcp import TcpListener
+from lbd.routing import ServiceRouter
+
+# What each protocol is relayed with. UDP joins when its relay lands.
+LISTENER_KINDS: Mapping[Protocol, type[Listener]] = {Protocol.TCP: TcpListener}
+
+
+@dataclass(slots=True)
+class OpenListener:
+    """One open listener, the router behind it and the spec it runs."""
+
+    spec: ListenerSpec
+    listener: Listener
+    router: ServiceRouter
+
+
+def _router(spec: ListenerSpec) -> ServiceRouter:
+    balancer = Balancer(spec.balancer.affinity, spec.balancer.timeout_seconds)
+    router = ServiceRouter(balancer, PassiveHealth(), service=spec.service, port=spec.port_name)
+    router.update(spec.targets)
+    return router
+
+
+class Listeners:
+    """Every open listener; the executor of a plan calls open, update and close."""
+
+    def __init__(self, drain_timeout: float) -> None:
+        self.drain_timeout = drain_timeout
+        self.running: dict[ListenerKey, OpenListener] = {}
+        self._draining: set[Listener] = set()
+        self._drains: dict[IPAddress, set[asyncio.Task[int]]] = {}
+
+    @staticmethod
+    def protocols() -> frozenset[Protocol]:
+        return frozenset(LISTENER_KINDS)
+
+    def specs(self) -> dict[ListenerKey, ListenerSpec]:
+        return {key: r.spec for key, r in self.running.items()}
+
+    async def open(self, spec: ListenerSpec) -> None:
+        """Bind and listen; raises OSError (e.g. the port is in use) and leaves nothing behind."""
+        router = _router(spec)
+        kind = LISTENER_KINDS[spec.key.protocol]
+        listener = kind(str(spec.key.ip), spec.key.port, router, spec.options, spec.service, spec.port_name)
+        await listener.start()
+        self.running[spec.key] = OpenListener(spec, listener, router)
+
+    def update(self, change: ListenerChange) -> None:
+        """Apply a changed spec in place: established connections and the listening socket stay."""
+        entry = self.running[change.spec.key]
+        spec = change.spec
+        if change.balancer:
+            # A new policy starts a fresh affinity table; the rotation restarts too.
+            entry.router.balancer = Balancer(spec.balancer.affinity, spec.balancer.timeout_seconds)
+            entry.router.update(spec.targets)
+        elif change.targets:
+            entry.router.update(spec.targets)  # keeps round-robin position and affinities
+        if change.options:
+            entry.listener.set_options(spec.options)
+        if change.renamed:
+            entry.listener.rename(spec.port_name)
+            entry.router.port = spec.port_name
+        entry.spec = spec
+
+    def close(self, key: ListenerKey) -> None:
+        """Stop accepting now; established connections drain in the background."""
+        entry = self.running.pop(key, None)
+        if entry is None:
+            return
+        listener = entry.listener
+        listener.stop_accepting()
+        self._draining.add(listener)
+        task = asyncio.get_running_loop().create_task(listener.drain(self.drain_timeout))
+        drains = self._drains.setdefault(key.ip, set())
+        drains.add(task)
+        task.add_done_callback(drains.discard)
+        task.add_done_callback(lambda _: self._draining.discard(listener))
+
+    def drains(self, ip: IPAddress) -> list[asyncio.Task[int]]:
+        """The drains still running for listeners that were on `ip`."""
+        return list(self._drains.get(ip, ()))
+
+    def stop_accepting(self) -> None:
+        for entry in self.running.values():
+            entry.listener.stop_accepting()
+
+    def cut_all(self) -> int:
+        """Reset every established connection now (a second SIGTERM); returns how many."""
+        listeners = [entry.listener for entry in self.running.values()] + list(self._draining)
+        return sum(listener.cut() for listener in listeners)
+
+    async def drain_all(self, timeout: float) -> int:
+        """Shutdown: every listener (open or closed earlier) drains; returns connections cut."""
+        closing = [entry.listener.drain(timeout) for entry in self.running.values()]
+        aborted = sum(await asyncio.gather(*closing)) if closing else 0
+        pending = [t for tasks in self._drains.values() for t in tasks]
+        if pending:
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            aborted += sum(r for r in results if isinstance(r, int))
+        return aborted

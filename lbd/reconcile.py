@@ -1,0 +1,297 @@
+"""The one reconcile task: every source of change marks the desired state dirty; this computes
+the next plan (lbd.plan) and executes it.
+
+Sources of change: a reload (a new model), the daemon tick (retrying services that could not
+be served), and later probe results, lease events, operator drain and interface changes. They
+never touch listeners or VIPs themselves; only `reconcile_once` does, one pass at a time.
+
+A pass: allocate (off the loop: the store writes and fsyncs), assess readiness, ask the
+ownership gate, build Desired, plan, execute. A service whose listener cannot open (port in
+use) or whose VIP cannot be bound (no interface fits) is blocked with the reason and the pass
+plans again without it, so its half-opened listeners close and an unused VIP is released; one
+service's failure never stops the others. Blocked services are retried on the next reload and
+by the daemon tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from lbd import metrics
+from lbd.allocator import Allocation, allocate, usable_addresses
+from lbd.assignments import AssignmentStore, Committed, Stored, allocate_and_commit
+from lbd.listeners import Listeners
+from lbd.model import IPAddress, Model
+from lbd.ownership import Ownership, OwnershipGate
+from lbd.plan import Desired, Plan, Running, desire, plan
+from lbd.readiness import Readiness, assess_model
+from lbd.relay import RelayOptions
+from lbd.status import UNSERVED_PORT_REASON, ServiceCondition, ServiceState, condition_of
+from lbd.vips import PRESENCE_ERRORS, Vips
+
+log = structlog.get_logger("lbd.reconcile")
+
+# Seconds a store read or write may take (an fsync on a sick disk) before the pass goes on
+# without it: the allocation is kept in memory and the write retried on the next pass.
+STORE_TIMEOUT = 10.0
+# Plans per pass: the first, plus one more per round of newly blocked services (each round
+# blocks at least one service, and in practice one round finds them all).
+MAX_PLANS_PER_PASS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one pass did: the plan (its summary answers a reload) and who could not be served."""
+
+    plan: Plan
+    failed: Mapping[str, str] = field(default_factory=dict)
+
+
+class Reconciler:
+    """Keeps what runs (listeners, VIPs) in step with what is wanted (model, readiness, ownership)."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        relay: RelayOptions,
+        store: AssignmentStore,
+        gate: OwnershipGate,
+        vips: Vips,
+        listeners: Listeners,
+    ) -> None:
+        self.node = node
+        self.relay = relay
+        self.store = store
+        self.gate = gate
+        self.vips = vips
+        self.listeners = listeners
+        self.model = Model()
+        self.allocation: Allocation | None = None
+        self.readiness: Readiness = {}
+        self.running = Running()
+        self.blocked: dict[str, str] = {}  # service key -> why it is not served (until a retry)
+        self.conditions: dict[str, ServiceCondition] = {}
+        self._stored: Stored | None = None
+        self._pending_model: Model | None = None
+        self._waiters: list[asyncio.Future[Applied]] = []
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ---- start, the loop, stop -----------------------------------------------------------------
+
+    async def start(self, model: Model) -> Applied:
+        """First pass, before the loop runs: adopt an earlier run's VIPs, then serve `model`."""
+        self._stored = await asyncio.wait_for(asyncio.to_thread(self.store.load), STORE_TIMEOUT)
+        committed = await self._allocate(model)
+        readiness = assess_model(model, self.node)
+        ownership = self._ownership(model, committed.allocation, readiness)
+        # Leftovers of a crash go before anything is bound; owned ones stay (no gap in service).
+        await self.vips.adopt([ip for ip, o in ownership.items() if o.owner])
+        applied = await self._pass(model, committed)
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="reconcile")
+        return applied
+
+    def submit(self, model: Model) -> asyncio.Future[Applied]:
+        """Ask for `model` to be served; the future resolves with the pass that applied it."""
+        self._pending_model = model
+        self.blocked.clear()  # a new config retries everything
+        future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._dirty.set()
+        return future
+
+    def mark_dirty(self, retry_blocked: bool = False) -> None:
+        """Something the desired state depends on changed; `retry_blocked` unblocks failed services."""
+        if retry_blocked:
+            self.blocked.clear()
+        self._dirty.set()
+
+    async def stop(self) -> None:
+        """Finish the pass under way, then run no more (shutdown)."""
+        self._stopping = True
+        self._dirty.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        for future in self._waiters:
+            if not future.done():
+                future.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            if self._stopping:
+                return
+            self._dirty.clear()
+            waiters, self._waiters = self._waiters, []
+            try:
+                model, self._pending_model = self._pending_model or self.model, None
+                applied = await self._pass(model)
+            except Exception as exc:  # a bug must not kill the loop: report it and keep serving
+                log.exception("reconcile_failed", error=str(exc))
+                for future in waiters:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for future in waiters:
+                if not future.done():
+                    future.set_result(applied)
+
+    # ---- one pass ------------------------------------------------------------------------------
+
+    async def _pass(self, model: Model, committed: Committed | None = None) -> Applied:
+        if committed is None and (model is not self.model or self.allocation is None):
+            committed = await self._allocate(model)
+        allocation = committed.allocation if committed is not None else self.allocation
+        assert allocation is not None
+        readiness = assess_model(model, self.node)
+        self.vips.set_interfaces(model.interfaces)
+        first: Plan | None = None
+        failed: dict[str, str] = {}
+        desired = self._desire(model, allocation, readiness)
+        for _ in range(MAX_PLANS_PER_PASS):
+            steps = plan(self.running, desired)
+            first = first or steps
+            newly = await self._execute(steps)
+            self.running = self._observe(desired)
+            if not newly:
+                break
+            failed.update(newly)
+            self.blocked.update(newly)
+            desired = self._desire(model, allocation, readiness)
+        self.model, self.allocation, self.readiness = model, allocation, readiness
+        self._report(desired)
+        assert first is not None
+        return Applied(first, failed)
+
+    async def _allocate(self, model: Model) -> Committed:
+        """Allocate and store off the loop; a slow or failing store never stops serving."""
+        previous = self._stored if self.allocation is None else Stored(self.allocation.sticky())
+        try:
+            committed = await asyncio.wait_for(
+                asyncio.to_thread(allocate_and_commit, self.store, model.pools, model.services, previous),
+                STORE_TIMEOUT,
+            )
+        except TimeoutError:
+            assignments = previous.assignments if previous is not None else {}
+            committed = Committed(
+                allocate(model.pools, model.services, assignments),
+                f"the store did not answer within {STORE_TIMEOUT:g} s",
+            )
+        if committed.store_error is not None:
+            log.error("state_write_failed", error=committed.store_error,
+                      hint="serving goes on; VIP assignments may move on the next restart")
+        for pool in model.pools:
+            metrics.addresses_total.labels(pool.name).set(usable_addresses(pool))
+            metrics.addresses_in_use.labels(pool.name).set(committed.allocation.in_use(pool.name))
+        return committed
+
+    def _ownership(self, model: Model, allocation: Allocation, readiness: Readiness) -> dict[IPAddress, Ownership]:
+        on_ip: defaultdict[IPAddress, list] = defaultdict(list)
+        for service in model.services:
+            ip = allocation.ip_of(service.key) if service.exposed else None
+            if ip is not None and service.key not in self.blocked:
+                on_ip[ip].append(service)
+        return {ip: self.gate.decide(ip, services, readiness) for ip, services in on_ip.items()}
+
+    def _desire(self, model: Model, allocation: Allocation, readiness: Readiness) -> Desired:
+        return desire(
+            model,
+            allocation,
+            readiness,
+            self._ownership(model, allocation, readiness),
+            node=self.node,
+            relay=self.relay,
+            protocols=self.listeners.protocols(),
+            blocked=self.blocked,
+        )
+
+    async def _execute(self, steps: Plan) -> dict[str, str]:
+        """Carry out a plan in its order; returns services that newly failed, with the reason."""
+        failed: dict[str, str] = {}
+        for key in steps.close:
+            self.listeners.close(key)
+        for spec in steps.open:
+            if spec.service in failed:
+                continue
+            try:
+                await self.listeners.open(spec)
+            except OSError as exc:
+                failed[spec.service] = f"cannot serve {spec.key.ip}: {exc}"
+        for change in steps.update:
+            self.listeners.update(change)
+        for ip in steps.revoke:
+            await self.vips.revoke(ip)
+        for ip in steps.release:
+            await self.vips.release(ip, self.listeners.drains(ip))
+        for claim in steps.acquire:
+            users = [s for s in claim.services if s not in failed]
+            if not users:
+                continue  # every service on it failed: the next plan releases it
+            try:
+                await self.vips.acquire(claim.ip, users)
+            except PRESENCE_ERRORS as exc:
+                failed.update({s: f"cannot serve {claim.ip}: {exc}" for s in users})
+        held = self.vips.held()
+        for ip in steps.announce:
+            if ip not in held or not any(s not in failed for s in held[ip]):
+                continue
+            try:
+                await self.vips.announce(ip)
+            except PRESENCE_ERRORS as exc:
+                log.error("announce_failed", ip=str(ip), error=str(exc))
+        return failed
+
+    def _observe(self, desired: Desired) -> Running:
+        return Running(
+            services={s.key: s for s in desired.model.services},
+            listeners=self.listeners.specs(),
+            vips=self.vips.held(),
+            announced=self.vips.announced(),
+            # Handed to the health checker when it lands; nothing runs probes yet.
+            probes=desired.probes,
+        )
+
+    def _report(self, desired: Desired) -> None:
+        """Per-service conditions; log each change once, with the same words the status shows."""
+        before, now = self.conditions, {}
+        assert self.allocation is not None
+        for service in desired.model.services:
+            ip = self.allocation.ip_of(service.key)
+            condition = condition_of(
+                service,
+                self.allocation.assignments.get(service.key),
+                self.blocked.get(service.key),
+                desired.ownership.get(ip) if ip is not None else None,
+                desired.protocols,
+            )
+            now[service.key] = condition
+            old = before.get(service.key)
+            if old == condition:
+                continue
+            if old is not None and old.state is ServiceState.SERVING and old.ip != condition.ip:
+                log.info("service_released", service=service.key, ip=str(old.ip))
+            _log_condition(service.key, condition)
+        for key, old in before.items():
+            if key not in now and old.state is ServiceState.SERVING:
+                log.info("service_released", service=key, ip=str(old.ip))
+        self.conditions = now
+
+
+def _log_condition(key: str, condition: ServiceCondition) -> None:
+    if condition.state is ServiceState.SERVING:
+        log.info("service_serving", service=key, ip=str(condition.ip))
+        for port in condition.unserved_ports:
+            log.warning("port_not_served", service=key, port=port, reason=UNSERVED_PORT_REASON)
+    elif condition.state is ServiceState.PENDING:
+        log.warning("allocation_failed", service=key, reason=condition.reason)  # MetalLB: AllocationFailed
+    elif condition.state is ServiceState.FAILED:
+        log.error("service_failed", service=key, reason=condition.reason)
+    elif condition.state is ServiceState.STANDBY:
+        log.info("service_standby", service=key, ip=str(condition.ip), reason=condition.reason)

@@ -1,7 +1,7 @@
 """Drive an `lbd.net.presence.L2Presence` inside a lab namespace, one JSON command per line.
 
-    ip netns exec lbdt-ab12-node .venv/bin/python integration/announcer_driver.py \\
-        --netns lbdt-ab12-node --interfaces eth0 --garp-rounds 3 --garp-interval 0.2
+    ip netns exec lbdt-1a2b3c4d-node .venv/bin/python integration/announcer_driver.py \\
+        --netns lbdt-1a2b3c4d-node --interfaces eth0 --garp-rounds 3 --garp-interval 0.2
 
 stdin:  {"op": "claim", "ip": "198.18.4.200"}    stdout: {"ok": true, "result": "eth0"}
 ops: claim, announce, withdraw, release (ip); reconcile (wanted: [ip]) -> removed;

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.lab import netlab
+from lbd.lab import netlab, teardown
 from lbd.lab.netlab import PREFIX, Lab, sweep_stale
 
 
@@ -98,7 +98,7 @@ def test_popen_processes_are_killed_on_close_and_nothing_is_left() -> None:
     assert sleeper.poll() is not None and backend.poll() is not None
     assert not names & host_netns()
     assert not {name for name in host_links() if name.startswith(("p-", PREFIX))}
-    assert not (netlab.OWNER_DIR / f"{lab.run_id}.json").exists()
+    assert not (teardown.OWNER_DIR / f"{lab.run_id}.json").exists()
     assert not tmpdir.exists()
     lab.close()  # idempotent
 
@@ -149,12 +149,12 @@ def test_sweep_removes_crashed_run_only() -> None:
         gone.wait()
         dead_tmpdir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{dead.run_id}-"))
         record = {"pid": gone.pid, "start": 1, "namespaces": dead._resources.namespaces, "tmpdir": str(dead_tmpdir)}
-        netlab.OWNER_DIR.mkdir(parents=True, exist_ok=True)
-        (netlab.OWNER_DIR / f"{dead.run_id}.json").write_text(json.dumps(record))
+        teardown.OWNER_DIR.mkdir(parents=True, exist_ok=True)
+        (teardown.OWNER_DIR / f"{dead.run_id}.json").write_text(json.dumps(record))
         removed = sweep_stale()
         assert set(dead._resources.namespaces) <= set(removed)
         assert not set(dead._resources.namespaces) & host_netns()
-        assert not (netlab.OWNER_DIR / f"{dead.run_id}.json").exists()
+        assert not (teardown.OWNER_DIR / f"{dead.run_id}.json").exists()
         assert not dead_tmpdir.exists()
         assert live.tmpdir.is_dir()
         assert lab_names(live) <= host_netns()  # a live run is never swept

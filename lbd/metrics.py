@@ -22,6 +22,9 @@ addresses_total = Gauge(
     "metallb_allocator_addresses_total", "IP addresses usable, by pool", ["pool"], registry=REGISTRY
 )
 
+# Services by condition (lbd.status.ServiceState: the words logs and `lbd get` use).
+services = Gauge("lbd_services", "Services by state (Serving, Pending, Failed, ...)", ["state"], registry=REGISTRY)
+
 # TCP data plane.
 connections_total = Counter(
     "lbd_connections_total", "Client connections accepted", ["service", "port"], registry=REGISTRY

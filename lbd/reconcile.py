@@ -16,7 +16,7 @@ by the daemon tick.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -26,7 +26,7 @@ from lbd import metrics
 from lbd.allocator import Allocation, allocate, usable_addresses
 from lbd.assignments import AssignmentStore, Committed, Stored, allocate_and_commit
 from lbd.listeners import Listeners
-from lbd.model import IPAddress, Model
+from lbd.model import IPAddress, Model, Service
 from lbd.ownership import Ownership, OwnershipGate
 from lbd.plan import Desired, Plan, Running, desire, plan
 from lbd.readiness import Readiness, assess_model
@@ -193,7 +193,7 @@ class Reconciler:
         return committed
 
     def _ownership(self, model: Model, allocation: Allocation, readiness: Readiness) -> dict[IPAddress, Ownership]:
-        on_ip: defaultdict[IPAddress, list] = defaultdict(list)
+        on_ip: defaultdict[IPAddress, list[Service]] = defaultdict(list)
         for service in model.services:
             ip = allocation.ip_of(service.key) if service.exposed else None
             if ip is not None and service.key not in self.blocked:
@@ -282,6 +282,9 @@ class Reconciler:
             if key not in now and old.state is ServiceState.SERVING:
                 log.info("service_released", service=key, ip=str(old.ip))
         self.conditions = now
+        counts = Counter(c.state for c in now.values())
+        for state in ServiceState:
+            metrics.services.labels(str(state)).set(counts.get(state, 0))
 
 
 def _log_condition(key: str, condition: ServiceCondition) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lbd import demo
-from lbd.lab import netlab
+from lbd.lab import netlab, teardown
 from lbd.lab.netlab import VIP_FIRST, VIP_LAST, Lab
 
 # Written out here rather than taken from netlab, so a change there cannot move the goalposts.
@@ -42,7 +42,7 @@ def in_lab_ranges(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> boo
 
 def unbuilt(**kwargs: object) -> Lab:
     lab = Lab(run_id="unit-never-built", **kwargs)  # type: ignore[arg-type]
-    lab._finalizer.detach()  # it was never built: its teardown must not even look for namespaces
+    # Never built: its teardown must not even look for namespaces (teardown.Resources.started).
     return lab
 
 
@@ -119,7 +119,8 @@ def test_constructing_a_lab_runs_nothing(monkeypatch: pytest.MonkeyPatch) -> Non
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"Lab() ran a command: {args}")
 
-    monkeypatch.setattr(netlab, "_run", refuse)
+    monkeypatch.setattr(netlab, "run_command", refuse)
+    monkeypatch.setattr(teardown, "run_command", refuse)
     monkeypatch.setattr(subprocess, "run", refuse)
     monkeypatch.setattr(subprocess, "Popen", refuse)
     lab = unbuilt(nodes=MAX_NODES, backends=MAX_BACKENDS)

@@ -8,16 +8,16 @@
         lab.ping("client", lab.vip(0)), lab.neigh_mac("client", lab.vip(0))
         with lab.capture("client") as cap: ...; frames = cap.frames   # raw ARP/NDP frames
 
-Topology for run id ab12 and subnet index N (0-255; random 1-254 unless given). Every link lives
+Topology for run id 1a2b3c4d and subnet index N (0-255; random 1-254 unless given). Every link lives
 in the lab's namespaces; nothing is created in, or attached to, the host's namespace. Addresses
 come only from ranges no real network uses: 198.18.0.0/15 (RFC 2544, benchmarking) and
 2001:db8::/32 (RFC 3849, documentation); N is decimal in IPv4 and hex in IPv6.
 
-    lbdt-ab12-sw         br0: the switch, ports p-client, p-node, p-backend-1, ...
-    lbdt-ab12-client     eth0  198.18.N.100/24  2001:db8:0:N::100/64
-    lbdt-ab12-node       eth0  198.18.N.2/24    2001:db8:0:N::2/64     (node-2: .3, node-3: .4)
-    lbdt-ab12-backend-1  eth0  198.18.N.11/24   2001:db8:0:N::11/64    (backend-2: .12, ...)
-    VIP pool             198.18.N.200-198.18.N.220 and 2001:db8:0:N::200-2001:db8:0:N::220
+    lbdt-1a2b3c4d-sw         br0: the switch, ports p-client, p-node, p-backend-1, ...
+    lbdt-1a2b3c4d-client     eth0  198.18.N.100/24  2001:db8:0:N::100/64
+    lbdt-1a2b3c4d-node       eth0  198.18.N.2/24    2001:db8:0:N::2/64     (node-2: .3, node-3: .4)
+    lbdt-1a2b3c4d-backend-1  eth0  198.18.N.11/24   2001:db8:0:N::11/64    (backend-2: .12, ...)
+    VIP pool                 198.18.N.200-198.18.N.220 and 2001:db8:0:N::200-2001:db8:0:N::220
 
 Files (captures, helper logs) go to `lab.tmpdir`. Cleanup happens on close/`with` exit, when
 the Lab is garbage collected or the interpreter exits (weakref.finalize, atexit), and on
@@ -25,55 +25,51 @@ SIGINT/SIGTERM/SIGHUP (unless the process ignores them); every step tolerates th
 having half happened. An owner record in /run/lbdt/<run id>.json names the builder's pid, so
 `sweep_stale()` removes a crashed run's namespaces and files, and never a live run's.
 
-Run as a script it is also the lab's toolbox (stdlib and lbd's pure codecs, so it starts fast in a namespace):
+Run as a script:
     python -m lbd.lab.netlab up        build a lab with backends, print it, wait for Ctrl-C
     python -m lbd.lab.netlab sweep     remove leftovers of crashed runs
-    python -m lbd.lab.netlab ping DST  one ICMP echo (no ping binary needed)
-    python -m lbd.lab.netlab capture   ARP/NDP frames of one interface to a pcap file
+The helpers that run inside a namespace (ping, capture) are lbd/lab/wire.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import ipaddress
 import json
 import os
 import secrets
 import select
-import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from lbd.lab import wire
+from lbd.lab.teardown import (
+    COMMAND_TIMEOUT,
+    KILL_GRACE,
+    LIVE,
+    PREFIX,
+    UNOWNED_MIN_AGE,
+    LabError,
+    Resources,
+    install_signal_handlers,
+    run_command,
+    stop_process,
+    sweep_stale,
+)
 from lbd.model import IPAddress
-from lbd.net.ethernet import ETH_P_ARP, ETH_P_IPV6, HEADER_LEN, decode_header
-from lbd.net.ndp import inet_checksum
+from lbd.net.ethernet import ETH_P_ARP, ETH_P_IPV6
 
-PREFIX = "lbdt-"
-OWNER_DIR = Path("/run/lbdt")  # tmpfs like /run/netns: cleared by the same reboot
-NETNS_DIR = Path("/run/netns")  # where `ip netns add` mounts named namespaces
 IFNAME = "eth0"  # every host's interface to the switch
 BRIDGE = "br0"
-COMMAND_TIMEOUT = 10.0  # seconds for one `ip` (or test) command; they take milliseconds
-KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for lab processes
 READY_TIMEOUT = 10.0  # seconds for a helper process to say READY
-UNOWNED_MIN_AGE = 600.0  # seconds: an lbdt- namespace nobody claims is only swept when older
-CAPTURE_MAX_SECONDS = 60.0  # a capture stops by itself after this, whatever happens
-CAPTURE_MAX_FRAMES = 10_000
-ETH_P_ALL = 0x0003  # a packet socket's "every protocol"
 # Lab subnets: inside 198.18.0.0/15 (RFC 2544) and 2001:db8::/32 (RFC 3849), never a private
 # range a real network uses, so a lab can never be mistaken for (or leak into) a real network.
 SUBNET4 = "198.18.{n}.0/24"
@@ -83,11 +79,8 @@ HOST_NUMBERS = {"client": 100, "node": 2}  # node-K: 1 + K; backend-K: 10 + K
 VIP_FIRST, VIP_LAST = 200, 220  # VIP pool host numbers, in both families
 HERE = Path(__file__).resolve().parent
 BACKEND_SCRIPT = HERE / "backend.py"
+WIRE_SCRIPT = HERE / "wire.py"
 
-
-
-class LabError(RuntimeError):
-    """A lab command failed; the message has the command and its stderr."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,143 +94,6 @@ class Host:
     ipv6: ipaddress.IPv6Address
 
 
-def _run(
-    argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT, check: bool = True, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input)
-    if check and proc.returncode != 0:
-        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc
-
-
-def _netns_exists(name: str) -> bool:
-    return (NETNS_DIR / name).exists()
-
-
-def _list_netns() -> list[str]:
-    try:
-        return sorted(os.listdir(NETNS_DIR))
-    except FileNotFoundError:
-        return []
-
-
-def _process_start(pid: int) -> int | None:
-    """Start time of a live `pid` in clock ticks since boot (/proc/<pid>/stat field 22).
-
-    None when it is gone or a zombie: a killed owner stays a zombie until reaped, and a zombie
-    will never clean up its lab.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, start 22
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def _stop_process(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM the process group we started, then SIGKILL it after a grace period."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, KILL_GRACE)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _delete_netns(name: str) -> None:
-    """Kill what still runs in the namespace (all started by the lab or its tests), delete it."""
-    if not _netns_exists(name):
-        return
-    pids = _run(["ip", "netns", "pids", name], check=False).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), signal.SIGKILL)
-    _run(["ip", "netns", "del", name], check=False)
-
-
-class _Resources:
-    """What one lab owns, kept apart from the Lab so finalizers can run without it."""
-
-    def __init__(self, run_id: str, namespaces: list[str]) -> None:
-        self.run_id = run_id
-        self.namespaces = namespaces
-        self.processes: list[subprocess.Popen[Any]] = []
-        self.owner_file = OWNER_DIR / f"{run_id}.json"
-        self.tmpdir: Path | None = None  # captures and helper logs; removed with the namespaces
-        self.done = False
-        self._busy = False
-        self._lock = threading.RLock()
-
-    def write_owner(self) -> None:
-        OWNER_DIR.mkdir(parents=True, exist_ok=True)
-        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{self.run_id}-"))
-        record = {
-            "pid": os.getpid(),
-            "start": _process_start(os.getpid()),
-            "namespaces": self.namespaces,
-            "tmpdir": str(self.tmpdir),
-        }
-        self.owner_file.write_text(json.dumps(record))
-
-    def teardown(self) -> None:
-        with self._lock:
-            if self.done or self._busy:  # a signal arriving mid-teardown must not start another
-                return
-            self._busy = True
-            try:
-                for proc in self.processes:
-                    with contextlib.suppress(Exception):
-                        _stop_process(proc)
-                for name in reversed(self.namespaces):
-                    with contextlib.suppress(Exception):
-                        _delete_netns(name)
-                if self.tmpdir is not None:
-                    shutil.rmtree(self.tmpdir, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    self.owner_file.unlink(missing_ok=True)
-                self.done = True
-                _LIVE.discard(self)
-            finally:
-                self._busy = False
-
-
-_LIVE: set[_Resources] = set()
-_handlers_installed = False
-
-
-def _teardown_all() -> None:
-    for resources in list(_LIVE):
-        resources.teardown()
-
-
-def _install_signal_handlers() -> None:
-    """Tear labs down on SIGINT/SIGTERM/SIGHUP, then do what the previous handler would have."""
-    global _handlers_installed
-    if _handlers_installed or threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        previous = signal.getsignal(sig)
-        if previous == signal.SIG_IGN:  # e.g. SIGINT of a background job: the process ignores it
-            continue
-
-        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
-            _teardown_all()
-            if callable(previous):
-                previous(signum, frame)  # SIGINT: raises KeyboardInterrupt as usual
-            else:  # SIG_DFL (or None: set outside Python): die of the signal as intended
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-
-        signal.signal(sig, handler)
-    atexit.register(_teardown_all)
-    _handlers_installed = True
-
-
 class Capture:
     """ARP/NDP frames seen on one host's interface, recorded by a helper in its namespace."""
 
@@ -246,7 +102,7 @@ class Capture:
         types = ",".join(f"0x{t:04x}" for t in ethertypes)
         self._proc = lab.popen(
             host,
-            [sys.executable, str(Path(__file__).resolve()), "capture", "--iface", ifname, "--out", str(self.path),
+            [sys.executable, str(WIRE_SCRIPT), "capture", "--iface", ifname, "--out", str(self.path),
              "--ethertypes", types],
             stdout=subprocess.PIPE,
         )
@@ -259,10 +115,10 @@ class Capture:
             try:
                 self._proc.wait(KILL_GRACE)
             except subprocess.TimeoutExpired:
-                _stop_process(self._proc)
+                stop_process(self._proc)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
-        self.frames = read_pcap(self.path) if self.path.exists() else []
+        self.frames = wire.read_pcap(self.path) if self.path.exists() else []
         self.path.unlink(missing_ok=True)
         return self.frames
 
@@ -281,7 +137,7 @@ class Lab:
             raise ValueError("nodes must be 1-8 and backends 0-50")
         if subnet is not None and subnet not in SUBNET_INDEXES:
             raise ValueError("subnet must be 0-255 (the third octet of 198.18.N.0/24)")
-        self.run_id = run_id or secrets.token_hex(2)
+        self.run_id = run_id or secrets.token_hex(4)
         self.subnet_index = subnet if subnet is not None else 1 + secrets.randbelow(254)
         self.subnet4 = ipaddress.IPv4Network(SUBNET4.format(n=self.subnet_index))
         self.subnet6 = ipaddress.IPv6Network(SUBNET6.format(n=self.subnet_index))
@@ -304,15 +160,15 @@ class Lab:
             )
             for name in names
         }
-        self._resources = _Resources(self.run_id, [self.switch, *(h.netns for h in self.hosts.values())])
+        self._resources = Resources(self.run_id, [self.switch, *(h.netns for h in self.hosts.values())])
         self._finalizer = weakref.finalize(self, self._resources.teardown)
         self.backend_processes: dict[str, subprocess.Popen[Any]] = {}
 
     # ---- building and tearing down -------------------------------------------------------------
 
     def build(self) -> Lab:
-        _install_signal_handlers()
-        _LIVE.add(self._resources)
+        install_signal_handlers()
+        LIVE.add(self._resources)
         self._resources.write_owner()  # before anything exists: a crash from here on is sweepable
         try:
             self._build()
@@ -323,26 +179,26 @@ class Lab:
 
     def _build(self) -> None:
         for name in self._resources.namespaces:
-            _run(["ip", "netns", "add", name])
+            run_command(["ip", "netns", "add", name])
         # The switch is L2 only: no IPv6 on its ports (no router solicitations, no MLD noise);
         # no multicast snooping, so solicited-node multicast always floods like on a dumb switch.
-        _run(["ip", "netns", "exec", self.switch, "sysctl", "-q", "-w",
+        run_command(["ip", "netns", "exec", self.switch, "sysctl", "-q", "-w",
               "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
-        _run(["ip", "-n", self.switch, "-batch", "-"], input=(
+        run_command(["ip", "-n", self.switch, "-batch", "-"], input=(
             "link set lo up\n"
             f"link add {BRIDGE} type bridge stp_state 0 mcast_snooping 0\n"
             f"link set {BRIDGE} up\n"
         ))
         for host in self.hosts.values():
             # No duplicate address detection and no router solicitations: addresses usable at once.
-            _run(["ip", "netns", "exec", host.netns, "sysctl", "-q", "-w",
+            run_command(["ip", "netns", "exec", host.netns, "sysctl", "-q", "-w",
                   "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
                   "net.ipv6.conf.default.router_solicitations=0", "net.ipv6.conf.default.accept_ra=0"])
             # Created inside the switch namespace with its peer put straight into the host's.
-            _run(["ip", "-n", self.switch, "link", "add", host.port, "type", "veth",
+            run_command(["ip", "-n", self.switch, "link", "add", host.port, "type", "veth",
                   "peer", "name", IFNAME, "netns", host.netns])
-            _run(["ip", "-n", self.switch, "link", "set", host.port, "master", BRIDGE, "up"])
-            _run(["ip", "-n", host.netns, "-batch", "-"], input=(
+            run_command(["ip", "-n", self.switch, "link", "set", host.port, "master", BRIDGE, "up"])
+            run_command(["ip", "-n", host.netns, "-batch", "-"], input=(
                 "link set lo up\n"
                 f"addr add {host.ipv4}/{self.subnet4.prefixlen} dev {IFNAME}\n"
                 f"addr add {host.ipv6}/{self.subnet6.prefixlen} dev {IFNAME} nodad\n"
@@ -404,17 +260,17 @@ class Lab:
         return [name for name in self.hosts if name.startswith("backend-")]
 
     def mac(self, host: str, ifname: str = IFNAME) -> str:
-        out = _run(["ip", "-n", self.netns(host), "-j", "link", "show", "dev", ifname]).stdout
+        out = run_command(["ip", "-n", self.netns(host), "-j", "link", "show", "dev", ifname]).stdout
         return str(json.loads(out)[0]["address"])
 
     def addresses(self, host: str, ifname: str = IFNAME) -> list[dict[str, Any]]:
         """`ip -j addr` entries of one interface: local, prefixlen, label, ..."""
-        out = _run(["ip", "-n", self.netns(host), "-j", "addr", "show", "dev", ifname]).stdout
+        out = run_command(["ip", "-n", self.netns(host), "-j", "addr", "show", "dev", ifname]).stdout
         data = json.loads(out)
         return list(data[0].get("addr_info", [])) if data else []
 
     def neigh(self, host: str, address: IPAddress, ifname: str = IFNAME) -> dict[str, Any] | None:
-        out = _run(["ip", "-n", self.netns(host), "-j", "neigh", "show", "to", str(address), "dev", ifname]).stdout
+        out = run_command(["ip", "-n", self.netns(host), "-j", "neigh", "show", "to", str(address), "dev", ifname]).stdout
         entries = json.loads(out) if out.strip() else []
         return entries[0] if entries else None
 
@@ -424,11 +280,11 @@ class Lab:
 
     def set_neigh(self, host: str, address: IPAddress, mac: str, ifname: str = IFNAME) -> None:
         """Plant a (stale) neighbour entry, e.g. the old owner of a VIP before a failover."""
-        _run(["ip", "-n", self.netns(host), "neigh", "replace", str(address), "lladdr", mac,
+        run_command(["ip", "-n", self.netns(host), "neigh", "replace", str(address), "lladdr", mac,
               "dev", ifname, "nud", "stale"])
 
     def flush_neigh(self, host: str, ifname: str = IFNAME) -> None:
-        _run(["ip", "-n", self.netns(host), "neigh", "flush", "dev", ifname])
+        run_command(["ip", "-n", self.netns(host), "neigh", "flush", "dev", ifname])
 
     # ---- processes -----------------------------------------------------------------------------
 
@@ -437,7 +293,7 @@ class Lab:
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command in a host's namespace and wait for it (bounded by `timeout`)."""
-        return _run(["ip", "netns", "exec", self.netns(host), *argv], timeout=timeout, check=check, input=input)
+        return run_command(["ip", "netns", "exec", self.netns(host), *argv], timeout=timeout, check=check, input=input)
 
     def popen(self, host: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a command in a host's namespace; it is killed (its process group) on close."""
@@ -450,11 +306,11 @@ class Lab:
 
     def stop(self, proc: subprocess.Popen[Any]) -> None:
         """Stop a process started with popen (SIGTERM, then SIGKILL)."""
-        _stop_process(proc)
+        stop_process(proc)
 
     def ping(self, src: str, dst: IPAddress | str, timeout: float = 2.0) -> bool:
         """One ICMP echo from `src` to `dst`; True if answered within `timeout`."""
-        proc = self.exec(src, [sys.executable, str(Path(__file__).resolve()), "ping", str(dst),
+        proc = self.exec(src, [sys.executable, str(WIRE_SCRIPT), "ping", str(dst),
                                "--timeout", str(timeout)], timeout=timeout + COMMAND_TIMEOUT)
         return proc.returncode == 0
 
@@ -505,143 +361,8 @@ def _wait_ready(proc: subprocess.Popen[Any], what: str, timeout: float = READY_T
         buffer += chunk
         if b"READY" in buffer:
             return
-    _stop_process(proc)
+    stop_process(proc)
     raise LabError(f"{what} was not ready within {timeout} s")
-
-
-def sweep_stale(prefix: str = PREFIX, *, unowned_min_age: float = UNOWNED_MIN_AGE) -> list[str]:
-    """Remove namespaces of crashed lab runs; returns their names.
-
-    A lab whose owner record names a dead process is removed at once. An `lbdt-` namespace no
-    record claims (another tool's, or a record lost) is only removed when older than
-    `unowned_min_age`, so concurrent test runs on the same machine never sweep each other.
-    """
-    removed: list[str] = []
-    claimed: set[str] = set()
-    for record_file in sorted(OWNER_DIR.glob("*.json")) if OWNER_DIR.is_dir() else []:
-        try:
-            record = json.loads(record_file.read_text())
-            pid, start, names = int(record["pid"]), record.get("start"), list(record["namespaces"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if start is not None and _process_start(pid) == start:
-            claimed.update(names)
-            continue
-        for name in names:
-            if _netns_exists(name):
-                _delete_netns(name)
-                removed.append(name)
-        tmpdir = Path(str(record.get("tmpdir") or ""))
-        if tmpdir.name.startswith(PREFIX) and tmpdir.parent == Path(tempfile.gettempdir()):
-            shutil.rmtree(tmpdir, ignore_errors=True)
-        record_file.unlink(missing_ok=True)
-    now = time.time()
-    for name in _list_netns():
-        if not name.startswith(prefix) or name in claimed or name in removed:
-            continue
-        try:
-            age = now - (NETNS_DIR / name).stat().st_mtime
-        except OSError:
-            continue
-        if age >= unowned_min_age:
-            _delete_netns(name)
-            removed.append(name)
-    return removed
-
-
-# ---- pcap (what `capture` writes) ---------------------------------------------------------------
-
-_PCAP_HEADER = struct.Struct("=IHHiIII")  # magic, major, minor, thiszone, sigfigs, snaplen, linktype
-_PCAP_RECORD = struct.Struct("=IIII")  # seconds, microseconds, captured length, original length
-PCAP_MAGIC = 0xA1B2C3D4
-PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
-
-
-def _die_with_parent() -> None:
-    """SIGTERM us when the process that started us dies (a helper must not outlive its test)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-LINKTYPE_ETHERNET = 1
-
-
-def read_pcap(path: Path) -> list[bytes]:
-    data = path.read_bytes()
-    if len(data) < _PCAP_HEADER.size:
-        return []
-    frames, offset = [], _PCAP_HEADER.size
-    while offset + _PCAP_RECORD.size <= len(data):
-        _, _, length, _ = _PCAP_RECORD.unpack_from(data, offset)
-        offset += _PCAP_RECORD.size
-        frames.append(data[offset : offset + length])
-        offset += length
-    return frames
-
-
-# ---- toolbox subcommands (run inside a namespace) -----------------------------------------------
-
-
-def _capture_main(iface: str, out: Path, ethertypes: set[int], max_seconds: float, max_frames: int) -> int:
-    stop = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    _die_with_parent()
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    sock.bind((iface, ETH_P_ALL))
-    deadline = time.monotonic() + max_seconds
-    count = 0
-    with out.open("wb") as pcap:
-        pcap.write(_PCAP_HEADER.pack(PCAP_MAGIC, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET))
-        pcap.flush()
-        print("READY", flush=True)
-        while not stop and count < max_frames and time.monotonic() < deadline:
-            ready, _, _ = select.select([sock], [], [], 0.05)
-            if not ready:
-                continue
-            frame = sock.recv(65535)
-            if len(frame) < HEADER_LEN or decode_header(frame).ethertype not in ethertypes:
-                continue
-            now = time.time()
-            pcap.write(_PCAP_RECORD.pack(int(now), int(now % 1 * 1e6), len(frame), len(frame)) + frame)
-            pcap.flush()
-            count += 1
-    return 0
-
-
-def _ping_main(destination: str, timeout: float) -> int:
-    """One ICMP/ICMPv6 echo over a raw socket; exit 0 if answered."""
-    address = ipaddress.ip_address(destination)
-    ident, payload = os.getpid() & 0xFFFF, b"lbdt-ping"
-    if address.version == 4:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        request_type, reply_type = 8, 0
-    else:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        request_type, reply_type = 128, 129
-    header = struct.pack("!BBHHH", request_type, 0, 0, ident, 1)
-    if address.version == 4:  # the kernel fills in ICMPv6 checksums itself
-        checksum = inet_checksum(header + payload)
-        header = struct.pack("!BBHHH", request_type, 0, checksum, ident, 1)
-    sock.sendto(header + payload, (destination, 0))
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([sock], [], [], left)
-        if not ready:
-            break
-        data, source = sock.recvfrom(2048)
-        if address.version == 4:
-            data = data[(data[0] & 0x0F) * 4 :]  # raw IPv4 sockets include the IP header
-        if len(data) >= 8 and ipaddress.ip_address(source[0].split("%")[0]) == address:
-            kind, _, _, got_ident, _ = struct.unpack_from("!BBHHH", data)
-            if kind == reply_type and got_ident == ident:
-                return 0
-    return 1
 
 
 def _up_main(backends: int, nodes: int, max_seconds: float) -> int:
@@ -663,26 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--max-seconds", type=float, default=3600.0)
     sweep = commands.add_parser("sweep", help="remove namespaces left by crashed runs")
     sweep.add_argument("--min-age", type=float, default=UNOWNED_MIN_AGE, help="for namespaces nobody claims")
-    ping = commands.add_parser("ping", help="one ICMP echo")
-    ping.add_argument("destination")
-    ping.add_argument("--timeout", type=float, default=2.0)
-    capture = commands.add_parser("capture", help="record frames of some EtherTypes to a pcap file")
-    capture.add_argument("--iface", default=IFNAME)
-    capture.add_argument("--out", type=Path, required=True)
-    capture.add_argument("--ethertypes", default=f"0x{ETH_P_ARP:04x},0x{ETH_P_IPV6:04x}")
-    capture.add_argument("--max-seconds", type=float, default=CAPTURE_MAX_SECONDS)
-    capture.add_argument("--max-frames", type=int, default=CAPTURE_MAX_FRAMES)
     args = parser.parse_args(argv)
     if args.command == "up":
         return _up_main(args.backends, args.nodes, args.max_seconds)
-    if args.command == "sweep":
-        for name in sweep_stale(unowned_min_age=args.min_age):
-            print(f"removed {name}")
-        return 0
-    if args.command == "ping":
-        return _ping_main(args.destination, args.timeout)
-    types = {int(t, 0) for t in args.ethertypes.split(",") if t}
-    return _capture_main(args.iface, args.out, types, args.max_seconds, args.max_frames)
+    for name in sweep_stale(unowned_min_age=args.min_age):
+        print(f"removed {name}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -370,3 +370,39 @@ def test_reload_keeps_established_connections_of_unchanged_and_updated_services(
     with pytest.raises(OSError):
         hello("127.0.0.240", port)
     assert d.stop() == 0
+
+
+def test_reload_over_the_admin_api_answers_with_what_changed(daemon_factory, backends) -> None:
+    from lbd.admin import request
+
+    port = free_port()
+    d = daemon_factory(config_for(backends, port))
+    d.start()
+    d.config.write_text(config_for(backends, port).split("  - name: web2")[0])  # web2 goes
+    answer = request(d.socket, "POST", "/v1/reload")
+    assert answer["applied"] and answer["summary"] == "added 0, removed 1, changed 0, unchanged 1"
+    assert answer["removed"] == ["default/web2"] and answer["unchanged"] == ["default/web"]
+    d.config.write_text("services: [{name: web, ports: [{port: 70000}]}]\n")
+    answer = request(d.socket, "POST", "/v1/reload")
+    assert not answer["applied"] and any("70000 is not a port" in e for e in answer["errors"])
+    assert hello("127.0.0.240", port).startswith("backend-")  # the running config still serves
+    (row,) = request(d.socket, "GET", "/v1/services?name=default/web")
+    assert row["state"] == "Serving" and row["externalIP"] == "127.0.0.240"
+    assert d.stop() == 0
+
+
+def test_a_failed_service_is_retried_without_a_reload(daemon_factory, backends) -> None:
+    port = free_port()
+    squatter = socket.create_server(("127.0.0.240", port))
+    try:
+        d = daemon_factory(config_for(backends, port))
+        d.start()
+        assert {r["name"]: r["state"] for r in d.get()} == {"web": "Failed", "web2": "Serving"}
+        squatter.close()
+        deadline = time.monotonic() + 15  # the daemon tick retries every 10 s
+        while time.monotonic() < deadline and {r["name"]: r["state"] for r in d.get()}["web"] != "Serving":
+            time.sleep(0.2)
+        assert hello("127.0.0.240", port).startswith("backend-")
+        assert d.stop() == 0
+    finally:
+        squatter.close()

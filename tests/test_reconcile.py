@@ -1,0 +1,213 @@
+"""The reconcile task executing plans: real listeners on loopback, a recording presence, no root.
+
+Loopback VIPs never reach the presence; a 198.18.x VIP does (and its listener binds it with
+IP_FREEBIND, which needs no privilege), so both halves of the VIP lifecycle are exercised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import socket
+from collections.abc import Mapping, Sequence
+
+from lbd.assignments import Stored
+from lbd.listeners import Listeners
+from lbd.model import (
+    AddressRange,
+    Endpoint,
+    IPAddress,
+    Model,
+    Pool,
+    Protocol,
+    Service,
+    ServicePort,
+    SessionAffinity,
+)
+from lbd.ownership import Ownership, OwnershipReason
+from lbd.plan import ListenerKey
+from lbd.readiness import Readiness
+from lbd.reconcile import Reconciler
+from lbd.relay import RelayOptions
+from lbd.status import ServiceState
+from lbd.vips import Vips
+from tests.test_vips import RecordingPresence
+
+LOOP_POOL = Pool("local", (AddressRange(ipaddress.ip_address("127.0.0.240"), ipaddress.ip_address("127.0.0.250")),))
+LAB_VIP = ipaddress.ip_address("198.18.7.200")
+LAB_POOL = Pool("lab", (AddressRange(LAB_VIP, LAB_VIP),))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.data: dict[str, IPAddress] = {}
+
+    def load(self) -> Stored:
+        return Stored(dict(self.data))
+
+    def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> bool:
+        self.data = dict(assignments)
+        return True
+
+
+class SwitchGate:
+    """A gate whose answer the test flips (as lease events will in a cluster)."""
+
+    def __init__(self) -> None:
+        self.owner = True
+
+    def decide(self, vip: IPAddress, services: Sequence[Service], readiness: Readiness) -> Ownership:
+        return Ownership(self.owner, OwnershipReason.SINGLE_NODE)
+
+
+def service(name: str, port: int, **kwargs: object) -> Service:
+    return Service(
+        name,
+        ports=(ServicePort("http", port, 8080),),
+        endpoints=(Endpoint(ipaddress.ip_address("127.0.0.1"), port=1),),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def reconciler(presence: RecordingPresence | None = None, gate: SwitchGate | None = None) -> Reconciler:
+    return Reconciler(
+        node="node-a",
+        relay=RelayOptions(connect_timeout=0.5),
+        store=MemoryStore(),
+        gate=gate or SwitchGate(),
+        vips=Vips(presence or RecordingPresence()),
+        listeners=Listeners(drain_timeout=0.2),
+    )
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+def test_start_serves_then_an_identical_reload_is_a_no_op() -> None:
+    port = free_port()
+    model = Model(pools=(LOOP_POOL,), services=(service("a", port), service("b", port)))
+
+    async def scenario() -> None:
+        r = reconciler()
+        applied = await r.start(model)
+        assert applied.plan.summary() == "added 2, removed 0, changed 0, unchanged 0"
+        assert set(r.listeners.specs()) == {
+            ListenerKey(Protocol.TCP, ipaddress.ip_address(ip), port) for ip in ("127.0.0.240", "127.0.0.241")
+        }
+        assert r.vips.held() == {
+            ipaddress.ip_address("127.0.0.240"): ("default/a",),
+            ipaddress.ip_address("127.0.0.241"): ("default/b",),
+        }
+        assert {c.state for c in r.conditions.values()} == {ServiceState.SERVING}
+        again = await r.submit(dataclasses.replace(model))
+        assert again.plan.empty and again.plan.summary() == "added 0, removed 0, changed 0, unchanged 2"
+        # An affinity change is an update in place: the same listener object keeps running.
+        before = {k: e.listener for k, e in r.listeners.running.items()}
+        sticky = (dataclasses.replace(model.services[0], session_affinity=SessionAffinity.CLIENT_IP), model.services[1])
+        changed = await r.submit(dataclasses.replace(model, services=sticky))
+        assert changed.plan.changed == ("default/a",) and len(changed.plan.update) == 1
+        assert {k: e.listener for k, e in r.listeners.running.items()} == before
+        await r.stop()
+        r.listeners.stop_accepting()
+        await r.listeners.drain_all(0.1)
+
+    run(scenario())
+
+
+def test_a_taken_port_blocks_only_its_service_until_a_retry_finds_it_free() -> None:
+    port = free_port()
+    squatter = socket.create_server(("127.0.0.240", port))  # a's VIP:port is taken
+    model = Model(pools=(LOOP_POOL,), services=(service("a", port), service("b", port)))
+
+    async def scenario() -> None:
+        r = reconciler()
+        applied = await r.start(model)
+        assert set(applied.failed) == {"default/a"} and "cannot serve 127.0.0.240" in applied.failed["default/a"]
+        assert r.conditions["default/a"].state is ServiceState.FAILED
+        assert r.conditions["default/b"].state is ServiceState.SERVING
+        assert list(r.vips.held()) == [ipaddress.ip_address("127.0.0.241")]  # a's VIP is not held
+        squatter.close()
+        r.mark_dirty(retry_blocked=True)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if r.conditions["default/a"].state is ServiceState.SERVING:
+                break
+        assert r.conditions["default/a"].state is ServiceState.SERVING
+        assert len(r.vips.held()) == 2
+        await r.stop()
+        r.listeners.stop_accepting()
+        await r.listeners.drain_all(0.1)
+
+    try:
+        run(scenario())
+    finally:
+        squatter.close()
+
+
+def test_a_vip_no_interface_fits_fails_its_services_and_closes_their_listeners() -> None:
+    port = free_port()
+    model = Model(pools=(LAB_POOL,), services=(service("lab", port),))
+
+    async def scenario() -> None:
+        presence = RecordingPresence(refuse={LAB_VIP})
+        r = reconciler(presence)
+        applied = await r.start(model)
+        assert "cannot bind VIP 198.18.7.200" in applied.failed["default/lab"]
+        assert r.listeners.specs() == {} and r.vips.held() == {}  # the listener opened, then closed
+        assert r.conditions["default/lab"].state is ServiceState.FAILED
+        await r.stop()
+
+    run(scenario())
+
+
+def test_losing_ownership_revokes_the_address_and_keeps_the_listener() -> None:
+    port = free_port()
+    model = Model(pools=(LAB_POOL,), services=(service("lab", port),))
+
+    async def scenario() -> None:
+        presence, gate = RecordingPresence(), SwitchGate()
+        r = reconciler(presence, gate)
+        await r.start(model)
+        assert presence.calls[-2:] == [("claim", str(LAB_VIP)), ("announce", f"{LAB_VIP}@eth0")]
+        gate.owner = False
+        r.mark_dirty()
+        await asyncio.sleep(0.1)
+        assert presence.calls[-2:] == [("withdraw", str(LAB_VIP)), ("release", str(LAB_VIP))]
+        assert r.vips.held() == {} and len(r.listeners.specs()) == 1
+        assert r.conditions["default/lab"].state is ServiceState.STANDBY
+        gate.owner = True
+        r.mark_dirty()
+        await asyncio.sleep(0.1)
+        assert presence.calls[-2:] == [("claim", str(LAB_VIP)), ("announce", f"{LAB_VIP}@eth0")]
+        assert r.conditions["default/lab"].state is ServiceState.SERVING
+        await r.stop()
+        r.listeners.stop_accepting()
+        await r.listeners.drain_all(0.1)
+
+    run(scenario())
+
+
+def test_removed_service_is_released_after_its_listener_drained() -> None:
+    port = free_port()
+    model = Model(pools=(LAB_POOL,), services=(service("lab", port),))
+
+    async def scenario() -> None:
+        presence = RecordingPresence()
+        r = reconciler(presence)
+        await r.start(model)
+        applied = await r.submit(Model(pools=(LAB_POOL,)))
+        assert applied.plan.removed == ("default/lab",) and applied.plan.release == (LAB_VIP,)
+        assert presence.calls[-1] == ("withdraw", str(LAB_VIP))  # at once
+        await asyncio.sleep(0.3)  # the listener had nothing to drain
+        assert presence.calls[-1] == ("release", str(LAB_VIP))
+        await r.stop()
+
+    run(scenario())

@@ -94,10 +94,13 @@ class AdminServer:
         raise OSError(f"another lbd daemon answers on {self.path}; stop it or choose another --admin-socket")
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        """Stop serving and remove the socket, if this server made it (never another daemon's)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -119,7 +122,7 @@ class AdminServer:
                     status, body = exc.status, {"error": str(exc)}
                 except Exception as exc:  # an API error must not take the daemon down
                     log.exception("admin_handler_failed", path=target)
-                    status, body = 500, {"error": str(exc)}
+                    status, body = 500, {"error": str(exc) or type(exc).__name__}
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError):
             status, body = 400, {"error": "bad request"}
         except OSError:  # the client went away

@@ -38,8 +38,9 @@ class AssignmentStore(Protocol):
 
     def load(self) -> Stored: ...
 
-    def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> bool:
-        """Store `assignments` if the store still holds `expected`; False if another writer won.
+    def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> Stored | None:
+        """Store `assignments` if the store still holds `expected`; returns what it holds now
+        (with its new revision), or None if another writer won.
 
         Raises OSError when the store cannot be written (the caller keeps serving).
         """
@@ -61,19 +62,21 @@ class FileAssignmentStore:
         self._on_disk = state.load_assignments(self.state_dir)
         return Stored(dict(self._on_disk))
 
-    def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> bool:
+    def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> Stored:
         wanted = dict(assignments)
         if wanted != self._on_disk:  # unchanged: no write, no fsync
             state.save_assignments(self.state_dir, wanted)
             self._on_disk = wanted
-        return True
+        return Stored(dict(wanted))
 
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    """An allocation and whether storing it failed (then it holds only until the next restart)."""
+    """An allocation, what the store holds after it, and whether storing it failed (then the
+    allocation holds only until the next restart, and `stored` is what the store held before)."""
 
     allocation: Allocation
+    stored: Stored
     store_error: str | None = None
 
 
@@ -95,9 +98,10 @@ def allocate_and_commit(
     for _ in range(attempts):
         allocation = allocate(pools, services, stored.assignments)
         try:
-            if store.commit(allocation.sticky(), stored):
-                return Committed(allocation)
+            now = store.commit(allocation.sticky(), stored)
         except OSError as exc:
-            return Committed(allocation, f"{type(exc).__name__}: {exc}")
+            return Committed(allocation, stored, f"{type(exc).__name__}: {exc}")
+        if now is not None:
+            return Committed(allocation, now)
         stored = store.load()
     raise CommitConflict(f"assignments changed under us {attempts} times in a row; not committed")

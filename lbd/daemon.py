@@ -36,7 +36,7 @@ from lbd.model import Model
 from lbd.net.presence import L2Presence, Presence
 from lbd.options import DaemonOptions
 from lbd.ownership import OwnershipGate, SingleNodeGate
-from lbd.reconcile import Reconciler
+from lbd.reconcile import Reconciler, ShuttingDown
 from lbd.relay import RelayOptions
 from lbd.status import ServiceState, StatusDict, StatusView, statuses
 from lbd.vips import Vips
@@ -123,6 +123,7 @@ class Daemon:
         self._started: list[Component] = []
         self._closing = False
         self._force = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self._tick_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -140,10 +141,14 @@ class Daemon:
         return parts
 
     async def start(self, model: Model) -> None:
-        """Start every component in order; on failure the caller runs `shutdown`."""
+        """Start every component in order; on failure the caller runs `shutdown`.
+
+        A component counts as started before its start returns, so one that fails half-way
+        (a VIP claimed, then an error) is still stopped and leaves nothing bound.
+        """
         for component in self.components(model):
-            await component.start()
             self._started.append(component)
+            await component.start()
 
     async def shutdown(self) -> None:
         """Stop the started components in reverse order; one failing does not stop the others."""
@@ -172,10 +177,12 @@ class Daemon:
         drain = asyncio.ensure_future(self.listeners.drain_all(self.options.drain_timeout))
         forced = asyncio.ensure_future(self._force.wait())
         await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+        cut = 0
         if not drain.done():
-            log.warning("shutdown_forced", connections_reset=self.listeners.cut_all())
+            cut = self.listeners.cut_all()
+            log.warning("shutdown_forced", connections_reset=cut)
         forced.cancel()
-        self.aborted = await drain
+        self.aborted = await drain + cut
         await self.vips.close()
 
     async def _start_tick(self) -> None:
@@ -193,32 +200,40 @@ class Daemon:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             now = loop.time()
-            if self.reconciler.blocked and now - last_retry >= RETRY_BLOCKED_SECONDS:
+            retry = self.reconciler.blocked or self.reconciler.pass_failed
+            if retry and now - last_retry >= RETRY_BLOCKED_SECONDS:
                 last_retry = now
                 self.reconciler.mark_dirty(retry_blocked=True)
 
     # ---- reload --------------------------------------------------------------------------------
 
     async def reload(self) -> ReloadResult:
-        """Re-read the config; an invalid one is reported in full and the old one keeps running."""
-        if self._closing:
-            return ReloadResult(False, errors=["lbd is shutting down"])
-        attempt = await read_config(self.options.config_paths)
-        report_attempt(attempt)
-        warnings = [str(w) for w in attempt.warnings]
-        if attempt.loaded is None:
-            log.error("reload_rejected", errors=len(attempt.errors))
-            return ReloadResult(False, errors=[str(e) for e in attempt.errors], warnings=warnings)
-        applied = await self.reconciler.submit(attempt.loaded.model)
+        """Re-read the config; an invalid one is reported in full and the old one keeps running.
+
+        Reloads run one at a time, in the order asked, so an older config never lands last.
+        """
+        async with self._reload_lock:
+            if self._closing:
+                return ReloadResult(False, errors=["lbd is shutting down"])
+            attempt = await read_config(self.options.config_paths)
+            report_attempt(attempt)
+            warnings = [str(w) for w in attempt.warnings]
+            if attempt.loaded is None:
+                log.error("reload_rejected", errors=len(attempt.errors))
+                return ReloadResult(False, errors=[str(e) for e in attempt.errors], warnings=warnings)
+            try:
+                applied = await self.reconciler.submit(attempt.loaded.model)
+            except ShuttingDown as exc:
+                return ReloadResult(False, errors=[str(exc)], warnings=warnings)
         plan = applied.plan
         log.info(
             "reload_applied",
             summary=plan.summary(),
             services=len(attempt.loaded.model.services),
-            failed=sorted(self.reconciler.blocked),
+            failed=sorted(applied.failed),
         )
         changes = {name: list(getattr(plan, name)) for name in ("added", "removed", "changed", "unchanged")}
-        return ReloadResult(True, plan.summary(), changes, dict(self.reconciler.blocked), warnings=warnings)
+        return ReloadResult(True, plan.summary(), changes, dict(applied.failed), warnings=warnings)
 
     # ---- status and the admin API --------------------------------------------------------------
 

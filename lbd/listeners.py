@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import structlog
+
 from lbd.balancer import Balancer
 from lbd.health.passive import PassiveHealth
 from lbd.model import IPAddress, Protocol
@@ -20,6 +22,8 @@ from lbd.plan import ListenerChange, ListenerKey, ListenerSpec
 from lbd.relay.listener import Listener
 from lbd.relay.tcp import TcpListener
 from lbd.routing import ServiceRouter
+
+log = structlog.get_logger("lbd.listeners")
 
 # What each protocol is relayed with. UDP joins when its relay lands.
 LISTENER_KINDS: Mapping[Protocol, type[Listener]] = {Protocol.TCP: TcpListener}
@@ -44,15 +48,15 @@ def _router(spec: ListenerSpec) -> ServiceRouter:
 class Listeners:
     """Every open listener; the executor of a plan calls open, update and close."""
 
-    def __init__(self, drain_timeout: float) -> None:
+    def __init__(self, drain_timeout: float, kinds: Mapping[Protocol, type[Listener]] = LISTENER_KINDS) -> None:
         self.drain_timeout = drain_timeout
+        self.kinds = kinds
         self.running: dict[ListenerKey, OpenListener] = {}
         self._draining: set[Listener] = set()
         self._drains: dict[IPAddress, set[asyncio.Task[int]]] = {}
 
-    @staticmethod
-    def protocols() -> frozenset[Protocol]:
-        return frozenset(LISTENER_KINDS)
+    def protocols(self) -> frozenset[Protocol]:
+        return frozenset(self.kinds)
 
     def specs(self) -> dict[ListenerKey, ListenerSpec]:
         return {key: r.spec for key, r in self.running.items()}
@@ -60,14 +64,17 @@ class Listeners:
     async def open(self, spec: ListenerSpec) -> None:
         """Bind and listen; raises OSError (e.g. the port is in use) and leaves nothing behind."""
         router = _router(spec)
-        kind = LISTENER_KINDS[spec.key.protocol]
+        kind = self.kinds[spec.key.protocol]
         listener = kind(str(spec.key.ip), spec.key.port, router, spec.options, spec.service, spec.port_name)
         await listener.start()
         self.running[spec.key] = OpenListener(spec, listener, router)
+        log.info("listener_open", service=spec.service, listener=str(spec.key), endpoints=len(spec.targets))
 
     def update(self, change: ListenerChange) -> None:
         """Apply a changed spec in place: established connections and the listening socket stay."""
-        entry = self.running[change.spec.key]
+        entry = self.running.get(change.spec.key)
+        if entry is None:  # closed by a pass that failed half-way: the next plan opens it
+            return
         spec = change.spec
         if change.balancer:
             # A new policy starts a fresh affinity table; the rotation restarts too.
@@ -89,12 +96,20 @@ class Listeners:
             return
         listener = entry.listener
         listener.stop_accepting()
+        log.info("listener_closed", service=entry.spec.service, listener=str(key), draining=listener.active)
         self._draining.add(listener)
         task = asyncio.get_running_loop().create_task(listener.drain(self.drain_timeout))
-        drains = self._drains.setdefault(key.ip, set())
-        drains.add(task)
-        task.add_done_callback(drains.discard)
-        task.add_done_callback(lambda _: self._draining.discard(listener))
+        self._drains.setdefault(key.ip, set()).add(task)
+
+        def drained(done: asyncio.Task[int]) -> None:
+            self._draining.discard(listener)
+            drains = self._drains.get(key.ip)
+            if drains is not None:
+                drains.discard(done)
+                if not drains:
+                    del self._drains[key.ip]
+
+        task.add_done_callback(drained)
 
     def drains(self, ip: IPAddress) -> list[asyncio.Task[int]]:
         """The drains still running for listeners that were on `ip`."""
@@ -106,12 +121,14 @@ class Listeners:
 
     def cut_all(self) -> int:
         """Reset every established connection now (a second SIGTERM); returns how many."""
-        listeners = [entry.listener for entry in self.running.values()] + list(self._draining)
+        listeners = {entry.listener for entry in self.running.values()} | self._draining
         return sum(listener.cut() for listener in listeners)
 
     async def drain_all(self, timeout: float) -> int:
         """Shutdown: every listener (open or closed earlier) drains; returns connections cut."""
         closing = [entry.listener.drain(timeout) for entry in self.running.values()]
+        self._draining.update(entry.listener for entry in self.running.values())
+        self.running.clear()
         aborted = sum(await asyncio.gather(*closing)) if closing else 0
         pending = [t for tasks in self._drains.values() for t in tasks]
         if pending:

@@ -105,7 +105,6 @@ class Desired:
     protocols: frozenset[Protocol]  # what this build can relay
     blocked: Mapping[str, str] = field(default_factory=dict)  # service key -> why it is not served now
     # Derived by desire():
-    served: tuple[tuple[Service, IPAddress], ...] = ()
     listeners: Mapping[ListenerKey, ListenerSpec] = field(default_factory=dict)
     vips: Mapping[IPAddress, tuple[str, ...]] = field(default_factory=dict)
     probes: frozenset[ProbeSpec] = frozenset()
@@ -175,7 +174,6 @@ def desire(
     """Build the desired state and derive what it implies: listeners, VIPs, probes."""
     blocked = dict(blocked or {})
     relayable = frozenset(protocols)
-    served: list[tuple[Service, IPAddress]] = []
     listeners: dict[ListenerKey, ListenerSpec] = {}
     vips: dict[IPAddress, list[str]] = {}
     probes: set[ProbeSpec] = set()
@@ -183,7 +181,6 @@ def desire(
         ip = allocation.ip_of(service.key) if service.exposed else None
         if ip is None or service.key in blocked:
             continue
-        served.append((service, ip))
         vips.setdefault(ip, []).append(service.key)
         verdicts = readiness.get(service.key, ServiceReadiness())
         options = RelayOptions(connect_timeout=relay.connect_timeout, idle_timeout=service.idle_timeout_seconds)
@@ -206,7 +203,6 @@ def desire(
         relay=relay,
         protocols=relayable,
         blocked=blocked,
-        served=tuple(served),
         listeners=listeners,
         vips={ip: tuple(sorted(keys)) for ip, keys in vips.items()},
         probes=frozenset(probes),

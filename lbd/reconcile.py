@@ -16,6 +16,8 @@ by the daemon tick.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,9 +41,15 @@ log = structlog.get_logger("lbd.reconcile")
 # Seconds a store read or write may take (an fsync on a sick disk) before the pass goes on
 # without it: the allocation is kept in memory and the write retried on the next pass.
 STORE_TIMEOUT = 10.0
-# Plans per pass: the first, plus one more per round of newly blocked services (each round
-# blocks at least one service, and in practice one round finds them all).
-MAX_PLANS_PER_PASS = 4
+# Seconds shutdown waits for a pass under way (netlink calls have their own 5 s deadlines).
+STOP_PASS_TIMEOUT = 10.0
+# Store reads and writes run one at a time, in order, on their own thread: a write that
+# outlived its deadline can never land after a newer one.
+_STORE_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+
+class ShuttingDown(RuntimeError):
+    """A configuration arrived after shutdown began; it was not applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +91,16 @@ class Reconciler:
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._retry_blocked = False
+        self.pass_failed = False  # the last pass raised: the daemon tick asks for another
 
     # ---- start, the loop, stop -----------------------------------------------------------------
 
     async def start(self, model: Model) -> Applied:
         """First pass, before the loop runs: adopt an earlier run's VIPs, then serve `model`."""
-        self._stored = await asyncio.wait_for(asyncio.to_thread(self.store.load), STORE_TIMEOUT)
+        self._stored = await asyncio.wait_for(
+            asyncio.get_running_loop().run_in_executor(_STORE_THREAD, self.store.load), STORE_TIMEOUT
+        )
         committed = await self._allocate(model)
         readiness = assess_model(model, self.node)
         ownership = self._ownership(model, committed.allocation, readiness)
@@ -100,28 +112,35 @@ class Reconciler:
 
     def submit(self, model: Model) -> asyncio.Future[Applied]:
         """Ask for `model` to be served; the future resolves with the pass that applied it."""
-        self._pending_model = model
-        self.blocked.clear()  # a new config retries everything
         future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        if self._stopping:
+            future.set_exception(ShuttingDown("lbd is shutting down; the configuration was not applied"))
+            return future
+        self._pending_model = model
+        self._retry_blocked = True  # a new config retries everything
         self._waiters.append(future)
         self._dirty.set()
         return future
 
     def mark_dirty(self, retry_blocked: bool = False) -> None:
         """Something the desired state depends on changed; `retry_blocked` unblocks failed services."""
-        if retry_blocked:
-            self.blocked.clear()
+        self._retry_blocked |= retry_blocked
         self._dirty.set()
 
     async def stop(self) -> None:
-        """Finish the pass under way, then run no more (shutdown)."""
+        """Let the pass under way finish (within STOP_PASS_TIMEOUT), then run no more (shutdown)."""
         self._stopping = True
         self._dirty.set()
         if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_PASS_TIMEOUT)
+            if not done:
+                log.warning("reconcile_cancelled", hint="a pass outlived the shutdown's patience")
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
         for future in self._waiters:
             if not future.done():
-                future.cancel()
+                future.set_exception(ShuttingDown("lbd is shutting down; the configuration was not applied"))
+        self._waiters.clear()
 
     async def _loop(self) -> None:
         while True:
@@ -130,11 +149,12 @@ class Reconciler:
                 return
             self._dirty.clear()
             waiters, self._waiters = self._waiters, []
+            model, self._pending_model = self._pending_model or self.model, None
             try:
-                model, self._pending_model = self._pending_model or self.model, None
                 applied = await self._pass(model)
-            except Exception as exc:  # a bug must not kill the loop: report it and keep serving
-                log.exception("reconcile_failed", error=str(exc))
+            except Exception as exc:  # a bug must not kill the loop: report it; the tick retries
+                self.pass_failed = True
+                log.exception("reconcile_failed", error=str(exc) or type(exc).__name__)
                 for future in waiters:
                     if not future.done():
                         future.set_exception(exc)
@@ -146,44 +166,61 @@ class Reconciler:
     # ---- one pass ------------------------------------------------------------------------------
 
     async def _pass(self, model: Model, committed: Committed | None = None) -> Applied:
+        if self._retry_blocked:
+            self._retry_blocked = False
+            self.blocked.clear()
+        self.pass_failed = False
         if committed is None and (model is not self.model or self.allocation is None):
             committed = await self._allocate(model)
         allocation = committed.allocation if committed is not None else self.allocation
         assert allocation is not None
         readiness = assess_model(model, self.node)
+        # The target from here on, even if executing it fails half-way: the next pass retries it.
+        self.model, self.allocation, self.readiness = model, allocation, readiness
         self.vips.set_interfaces(model.interfaces)
+        await self.vips.retry_unbinds()
         first: Plan | None = None
         failed: dict[str, str] = {}
         desired = self._desire(model, allocation, readiness)
-        for _ in range(MAX_PLANS_PER_PASS):
+        # Each round blocks at least one more service, so this ends within len(services) rounds.
+        for _ in range(len(model.services) + 1):
             steps = plan(self.running, desired)
             first = first or steps
-            newly = await self._execute(steps)
-            self.running = self._observe(desired)
+            try:
+                newly = await self._execute(steps)
+            finally:  # whatever happened, `running` says what really runs now
+                self.running = self._observe(desired)
             if not newly:
                 break
             failed.update(newly)
             self.blocked.update(newly)
             desired = self._desire(model, allocation, readiness)
-        self.model, self.allocation, self.readiness = model, allocation, readiness
         self._report(desired)
         assert first is not None
         return Applied(first, failed)
 
     async def _allocate(self, model: Model) -> Committed:
         """Allocate and store off the loop; a slow or failing store never stops serving."""
-        previous = self._stored if self.allocation is None else Stored(self.allocation.sticky())
+        if self.allocation is None or self._stored is None:
+            previous = self._stored
+        else:
+            previous = Stored(self.allocation.sticky(), self._stored.revision)
         try:
             committed = await asyncio.wait_for(
-                asyncio.to_thread(allocate_and_commit, self.store, model.pools, model.services, previous),
+                asyncio.get_running_loop().run_in_executor(
+                    _STORE_THREAD,
+                    functools.partial(allocate_and_commit, self.store, model.pools, model.services, previous),
+                ),
                 STORE_TIMEOUT,
             )
         except TimeoutError:
-            assignments = previous.assignments if previous is not None else {}
+            stored = previous or Stored()
             committed = Committed(
-                allocate(model.pools, model.services, assignments),
+                allocate(model.pools, model.services, stored.assignments),
+                stored,
                 f"the store did not answer within {STORE_TIMEOUT:g} s",
             )
+        self._stored = committed.stored
         if committed.store_error is not None:
             log.error("state_write_failed", error=committed.store_error,
                       hint="serving goes on; VIP assignments may move on the next restart")
@@ -295,6 +332,6 @@ def _log_condition(key: str, condition: ServiceCondition) -> None:
     elif condition.state is ServiceState.PENDING:
         log.warning("allocation_failed", service=key, reason=condition.reason)  # MetalLB: AllocationFailed
     elif condition.state is ServiceState.FAILED:
-        log.error("service_failed", service=key, reason=condition.reason)
+        log.error("service_failed", service=key, ip=str(condition.ip), reason=condition.reason)
     elif condition.state is ServiceState.STANDBY:
         log.info("service_standby", service=key, ip=str(condition.ip), reason=condition.reason)

@@ -96,7 +96,9 @@ def service_status(
             "port": p.port,
             "targetPort": p.target_port,
             "protocol": str(p.protocol),
-            "served": condition.state is ServiceState.SERVING and f"{p.port}/{p.protocol}" not in unserved,
+            # None where nothing runs (`check`): it cannot say.
+            "served": None if condition.state is ServiceState.ALLOCATED
+            else condition.state is ServiceState.SERVING and f"{p.port}/{p.protocol}" not in unserved,
         }
         for p in service.ports
     ]

@@ -53,6 +53,7 @@ class Vips:
         self.presence = presence
         self._vips: dict[IPAddress, _Vip] = {}  # bound (or loopback) VIPs, releasing ones included
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unbind_later: set[IPAddress] = set()  # removals that failed, retried each pass
         self._lock = asyncio.Lock()
 
     # ---- views (for the plan's Running and the status) ----------------------------------------
@@ -63,10 +64,6 @@ class Vips:
 
     def announced(self) -> frozenset[IPAddress]:
         return frozenset(ip for ip, v in self._vips.items() if v.announced)
-
-    def interface_of(self, ip: IPAddress) -> str | None:
-        vip = self._vips.get(ip)
-        return vip.interface if vip is not None else None
 
     # ---- verbs ---------------------------------------------------------------------------------
 
@@ -96,7 +93,13 @@ class Vips:
                 vip.services = users
                 vip.releasing = False  # a pending release gives up before it unbinds
                 return
-            interface = None if is_loopback(ip) else await self.presence.claim(ip)
+            try:
+                interface = None if is_loopback(ip) else await self.presence.claim(ip)
+            except PRESENCE_ERRORS:
+                # A claim that timed out may still land: take the address off again (it is
+                # only ever removed with lbd's mark), so nothing answers for an unserved VIP.
+                await self._unclaim(ip)
+                raise
             self._vips[ip] = _Vip(ip, interface, users)
         log.info("vip_acquired", ip=str(ip), services=list(users), interface=interface)
 
@@ -170,13 +173,30 @@ class Vips:
         try:
             await self.presence.withdraw(vip.ip)
         except PRESENCE_ERRORS as exc:
-            log.error("withdraw_failed", ip=str(vip.ip), error=str(exc))
+            log.error("withdraw_failed", ip=str(vip.ip), error=str(exc) or type(exc).__name__)
 
     async def _unbind(self, vip: _Vip, reason: str) -> None:
-        if not is_loopback(vip.ip):
-            try:
-                await self.presence.release(vip.ip)
-            except PRESENCE_ERRORS as exc:
-                log.error("unbind_failed", ip=str(vip.ip), error=str(exc))
-                return
-        log.info("vip_released", ip=str(vip.ip), interface=vip.interface, reason=reason)
+        if is_loopback(vip.ip) or await self._unclaim(vip.ip):
+            log.info("vip_released", ip=str(vip.ip), interface=vip.interface, reason=reason)
+
+    async def _unclaim(self, ip: IPAddress) -> bool:
+        """Remove the address; a failure is remembered and retried by `retry_unbinds`."""
+        if is_loopback(ip):
+            return True
+        try:
+            await self.presence.release(ip)
+        except PRESENCE_ERRORS as exc:
+            log.error("unbind_failed", ip=str(ip), error=str(exc) or type(exc).__name__, hint="retried on the next pass")
+            self._unbind_later.add(ip)
+            return False
+        self._unbind_later.discard(ip)
+        return True
+
+    async def retry_unbinds(self) -> None:
+        """Addresses whose removal failed earlier and that nobody holds now: try again."""
+        async with self._lock:
+            for ip in list(self._unbind_later):
+                if ip not in self._vips:
+                    await self._unclaim(ip)
+                else:
+                    self._unbind_later.discard(ip)

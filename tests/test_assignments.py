@@ -66,14 +66,14 @@ class RacingStore:
         self.loads += 1
         return Stored(dict(self.data), self.revision)
 
-    def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> bool:
+    def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> Stored | None:
         if self.races:
             self.races -= 1
             self.data, self.revision = dict(self.rival), self.revision + 1  # the other node wins
         if expected.revision != self.revision:
-            return False
+            return None
         self.data, self.revision = dict(assignments), self.revision + 1
-        return True
+        return Stored(dict(self.data), self.revision)
 
 
 def test_lost_compare_and_swap_reallocates_from_the_winner() -> None:
@@ -83,6 +83,7 @@ def test_lost_compare_and_swap_reallocates_from_the_winner() -> None:
     assert committed.allocation.ip_of("default/b") == IP("198.18.1.200")
     assert committed.allocation.ip_of("default/a") == IP("198.18.1.201")
     assert store.loads == 2 and store.data == committed.allocation.sticky()
+    assert committed.stored == Stored(store.data, store.revision)  # the next commit's expectation
 
 
 def test_endless_conflicts_give_up_loudly() -> None:

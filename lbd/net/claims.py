@@ -9,7 +9,10 @@ its mark, and lbd only ever removes marked addresses.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Sequence
+import concurrent.futures
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import TypeVar
 
 import structlog
@@ -26,12 +29,34 @@ T = TypeVar("T")
 NETLINK_TIMEOUT = 5.0  # seconds per netlink call
 
 
+# Netlink calls get their own threads: a hung call can then never starve config parsing or
+# state writes of the default executor's workers, and calls keep their order.
+_NETLINK_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="netlink")
+
+
 async def off_loop(function: Callable[..., T], *args: object) -> T:
     """Run a blocking netlink or /proc call in a worker thread, giving up after NETLINK_TIMEOUT.
 
-    A call that hangs keeps its thread, but never the event loop or the caller.
+    Raises AnnounceError for a timeout or any pyroute2 error (they do not derive from OSError),
+    so callers handle one family of errors. A call that hangs keeps its thread, never the loop.
     """
-    return await asyncio.wait_for(asyncio.to_thread(function, *args), NETLINK_TIMEOUT)
+    future = asyncio.get_running_loop().run_in_executor(_NETLINK_THREADS, functools.partial(function, *args))
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), NETLINK_TIMEOUT)
+    except TimeoutError:
+        raise _Stuck(future, f"netlink did not answer within {NETLINK_TIMEOUT:g} s ({function.__name__})") from None
+    except (AnnounceError, OSError):
+        raise
+    except Exception as exc:  # NetlinkError, NetlinkDecodeError, ...
+        raise AnnounceError(f"netlink error in {function.__name__}: {exc}") from exc
+
+
+class _Stuck(AnnounceError):
+    """A call outlived its deadline; `future` ends when the thread finally returns."""
+
+    def __init__(self, future: asyncio.Future[object], message: str) -> None:
+        super().__init__(message)
+        self.future = future
 
 
 def check_announceable(vip: IPAddress) -> None:
@@ -46,13 +71,32 @@ class AddressClaims:
         self.interfaces = tuple(interfaces)
         self._lock = asyncio.Lock()  # one address change at a time: no add/remove races
 
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """The lock, waited for at most NETLINK_TIMEOUT. A call that outlived its deadline keeps
+        the lock until its thread really returns, so a late add can never land after a remove."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), NETLINK_TIMEOUT)
+        except TimeoutError:
+            raise AnnounceError("an earlier netlink call has still not returned; try again later") from None
+        try:
+            yield
+        except _Stuck as stuck:
+            stuck.future.add_done_callback(lambda _: self._lock.release())
+            raise
+        except BaseException:
+            self._lock.release()
+            raise
+        else:
+            self._lock.release()
+
     async def snapshot(self) -> Snapshot:
         return await off_loop(addresses.snapshot)
 
     async def claim(self, vip: IPAddress) -> str:
         """Add `vip` with lbd's mark to the interface that fits it (idempotent); returns its name."""
         check_announceable(vip)
-        async with self._lock:
+        async with self._exclusive():
             snap = await self.snapshot()
             ifname = addresses.choose_interface(vip, snap, self.interfaces)
             if ifname is None:
@@ -81,7 +125,7 @@ class AddressClaims:
 
     async def release(self, vip: IPAddress) -> None:
         """Remove `vip` wherever it carries lbd's mark; the kernel stops answering for it."""
-        async with self._lock:
+        async with self._exclusive():
             snap = await self.snapshot()
             for address, link in snap.find(vip):
                 if not addresses.is_marked(address, link.name):
@@ -105,7 +149,7 @@ class AddressClaims:
         wanted_set = set(wanted)
         kept: dict[IPAddress, str] = {}
         removed: list[IPAddress] = []
-        async with self._lock:
+        async with self._exclusive():
             snap = await self.snapshot()
             for address, link in snap.marked():
                 mac = format_mac(link.mac)
@@ -121,7 +165,7 @@ class AddressClaims:
     async def _set_sysctls(self, ifname: str) -> None:
         try:
             changed = await off_loop(addresses.set_arp_sysctls, ifname)
-        except OSError as error:
+        except (OSError, AnnounceError) as error:
             log.warning(
                 "arp_sysctl_failed",
                 interface=ifname,

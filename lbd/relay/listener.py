@@ -2,7 +2,8 @@
 
 A listener owns one (VIP, port) socket and relays what arrives there to the targets its Router
 picks. The protocol modules (`lbd.relay.tcp`, UDP next) subclass `Listener` and add the relay
-itself; the daemon only uses the verbs defined here (start, set_options, stop_accepting, drain).
+itself; the daemon only uses the verbs defined here (start, set_options, rename, stop_accepting,
+drain, cut).
 """
 
 from __future__ import annotations

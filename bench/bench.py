@@ -41,15 +41,23 @@ from string import Template
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-TARGETS = ("direct", "haproxy", "nginx", "lbd")
-WORKLOADS = ("http", "conn", "bulk1", "bulk4", "mem")
-BACKEND = {"http": 24080, "iperf": 24201}
+TARGETS = ("direct", "haproxy", "nginx", "nginx-flow", "lbd")
+WORKLOADS = ("http", "conn", "bulk1", "bulk4", "udp", "udpflood", "mem")
+BACKEND = {"http": 24080, "iperf": 24201, "udp": 24053}
 PORTS = {   # front ports per target; lbd's must match bench/lbd-bench.yaml
     "direct": BACKEND,
-    "haproxy": {"http": 24081, "iperf": 24202},
-    "nginx": {"http": 24082, "iperf": 24203},
-    "lbd": {"http": 24083, "iperf": 24204},
+    "haproxy": {"http": 24081, "iperf": 24202},  # HAProxy 2.6 has no UDP
+    "nginx": {"http": 24082, "iperf": 24203, "udp": 24084},  # UDP with proxy_responses 1
+    "nginx-flow": {"udp": 24086},  # nginx UDP in flow mode (no proxy_responses)
+    "lbd": {"http": 24083, "iperf": 24204, "udp": 24085},
 }
+SERVICE_OF = {"http": "http", "conn": "http", "bulk1": "iperf", "bulk4": "iperf", "udp": "udp", "udpflood": "udp",
+              "mem": "http"}
+RATIO_AGAINST = ("haproxy", "nginx", "nginx-flow", "direct")
+WIRE = REPO / "lbd" / "lab" / "wire.py"   # its udp-flood sends from many sources over a raw socket
+FLOOD_SOURCES = 100_000
+FLOOD_RATE = 20_000  # datagrams per second: what lbd's and nginx's single core can take in
+NOFILE_WANTED = 262_144  # lbd's default UDP cap (65,536 flows) needs one fd per flow
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 _VENV_LBD = REPO / ".venv" / "bin" / "lbd"
 DEFAULT_LBD = (f"{_VENV_LBD if _VENV_LBD.exists() else 'lbd'} run --config {{config}} --state-dir {{rundir}}/state "
@@ -155,6 +163,19 @@ def listening(port: int) -> bool:
     return tcp_count(port, "0A") > 0
 
 
+def udp_alive(port: int) -> bool:
+    """An echo through the port: proves the target relays UDP both ways."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        s.connect(("127.0.0.1", port))
+        for _ in range(4):
+            with suppress(OSError):
+                s.send(b"ping")
+                if s.recv(64) == b"ping":
+                    return True
+    return False
+
+
 def tree_sum(pid: int, read: Callable[[int], float]) -> float:
     """read(p) summed over the process tree of pid (nginx: master and worker)."""
     total, kids = 0.0, []
@@ -179,10 +200,11 @@ def rss_mib(pid: int) -> float:
 
 
 # ---- backends and targets -------------------------------------------------------------------------
-def render(name: str, rundir: Path, **values: object) -> Path:
-    text = Template((HERE / "conf" / f"{name}.in").read_text()).substitute(
-        rundir=rundir, http_backend=BACKEND["http"], iperf_backend=BACKEND["iperf"], **values)
-    out = rundir / name
+def render(template: str, rundir: Path, **values: object) -> Path:
+    text = Template((HERE / "conf" / f"{template}.in").read_text()).substitute(
+        rundir=rundir, http_backend=BACKEND["http"], iperf_backend=BACKEND["iperf"], udp_backend=BACKEND["udp"],
+        **values)
+    out = rundir / (f"{values['name']}.conf" if "name" in values else template)
     out.write_text(text)
     return out
 
@@ -193,7 +215,9 @@ def start_backends(procs: Procs) -> None:
     (procs.rundir / "www" / "1k.bin").write_bytes(b"x" * 1023 + b"\n")
     procs.start("backend-nginx", ["nginx", "-c", str(render("nginx-backend.conf", procs.rundir))], "load")
     start_iperf_server(procs)
-    if not all(wait_for(lambda: listening(p)) for p in BACKEND.values()):
+    procs.start("backend-udp-echo", [sys.executable, str(HERE / "udp_echo.py"), f"127.0.0.1:{BACKEND['udp']}"], "load")
+    tcp = [BACKEND["http"], BACKEND["iperf"]]
+    if not all(wait_for(lambda: listening(p)) for p in tcp) or not wait_for(lambda: udp_alive(BACKEND["udp"])):
         raise SystemExit(f"backends did not start (logs in {procs.rundir})")
 
 
@@ -211,7 +235,11 @@ def start_target(name: str, procs: Procs, lbd_cmd: str) -> Popen[bytes] | None:
     if name == "haproxy":
         return procs.start(name, ["haproxy", "-db", "-f", str(render("haproxy.cfg", procs.rundir, **ports))], "proxy")
     if name == "nginx":
-        return procs.start(name, ["nginx", "-c", str(render("nginx-stream.conf", procs.rundir, **ports))], "proxy")
+        conf = render("nginx-stream.conf", procs.rundir, name=name, udp_opts="proxy_responses 1;", **ports)
+        return procs.start(name, ["nginx", "-c", str(conf)], "proxy")
+    if name == "nginx-flow":
+        return procs.start(name, ["nginx", "-c", str(render("nginx-udpflow.conf", procs.rundir, name=name, **ports))],
+                           "proxy")
     if name == "lbd":
         cmd = lbd_cmd.format(config=HERE / "lbd-bench.yaml", rundir=procs.rundir)
         return procs.start(name, shlex.split(cmd), "proxy")
@@ -230,7 +258,10 @@ def http_ok(port: int) -> bool:
 
 
 def ready(name: str, proc: Popen[bytes] | None, rundir: Path) -> bool:
-    ok = all(wait_for(lambda: listening(p)) for p in PORTS[name].values()) and http_ok(PORTS[name]["http"])
+    ports = PORTS[name]
+    ok = all(wait_for(lambda: listening(p)) for svc, p in ports.items() if svc != "udp")
+    ok = ok and ("http" not in ports or http_ok(ports["http"]))
+    ok = ok and ("udp" not in ports or wait_for(lambda: udp_alive(ports["udp"]), 10))
     if not ok:
         state = f"exited {proc.returncode}" if proc and proc.poll() is not None else "running"
         print(f"{name}: not ready ({state}), skipped; log: {rundir / (name + '.log')}", file=sys.stderr)
@@ -261,11 +292,36 @@ def iperf(procs: Procs, port: int, secs: int, streams: int) -> Result:
         return {"v": NAN, "err": "iperf3: " + out[-200:].replace("\n", " ")}
 
 
+def udp_load(procs: Procs, port: int, secs: int, outstanding: int) -> Result:
+    """Request/response datagrams through the port, `outstanding` in flight: replies per second."""
+    out = run_load(procs.taskset("load") + [sys.executable, str(HERE / "udp_load.py"), "127.0.0.1", str(port),
+                                            str(outstanding), str(secs)], secs + 30)
+    try:
+        return {"v": float(out.split()[0]), "err": ""}
+    except (ValueError, IndexError):
+        return {"v": NAN, "err": "udp_load: " + out[-200:]}
+
+
+def udp_flood(procs: Procs, port: int, pid: int) -> Result:
+    """RSS of the proxy before and after one datagram from each of FLOOD_SOURCES distinct sources."""
+    if os.geteuid() != 0:
+        return {"err": "udpflood needs root (a raw socket sends from many source ports)"}
+    before = rss_mib(pid)
+    out = run_load(procs.taskset("load") + [sys.executable, str(WIRE), "udp-flood", "127.0.0.1", str(port),
+                                            "--sources", str(FLOOD_SOURCES), "--extra-ips", "127.0.0.2",
+                                            "--rate", str(FLOOD_RATE)], FLOOD_SOURCES / FLOOD_RATE + 60)
+    time.sleep(1)
+    after = rss_mib(pid)
+    return {"before": before, "after": after, "growth": after - before, "err": "" if "sent" in out else out[-200:]}
+
+
 def measure(procs: Procs, wl: str, port: int, pid: int | None, a: argparse.Namespace) -> Result:
     """One load run, with the proxy's CPU time over it and its cost per unit of work."""
     c0, w0 = (cpu_seconds(pid) if pid else 0.0), time.monotonic()
     if wl in ("http", "conn"):
         r, secs = wrk(procs, port, a.wrk_secs, a.conns, wl == "conn"), a.wrk_secs
+    elif wl == "udp":
+        r, secs = udp_load(procs, port, a.udp_secs, a.outstanding), a.udp_secs
     else:
         r, secs = iperf(procs, port, a.iperf_secs, int(wl[-1])), a.iperf_secs
         if r["err"]:
@@ -275,7 +331,7 @@ def measure(procs: Procs, wl: str, port: int, pid: int | None, a: argparse.Names
         used, v = cpu_seconds(pid) - c0, float(r["v"])
         r["cpu_pct"] = 100 * used / (time.monotonic() - w0)
         units = v * secs / 8 if wl.startswith("bulk") else v * secs / 1e6     # GB, or 1e6 requests
-        r["cost"] = used / units if units else NAN                             # s/GB, or us/request
+        r["cost"] = used / units if units else NAN                             # s/GB, or us/request (reply)
     return r
 
 
@@ -305,10 +361,13 @@ def mem(pid: int, port: int, hold: int, settle: float = 20) -> Result:
 ROWS = [("http", "keep-alive req/s", "v", "{:.0f}"), ("http", "p99 ms", "p99", "{:.2f}"),
         ("conn", "new conn/s", "v", "{:.0f}"), ("conn", "p99 ms", "p99", "{:.2f}"),
         ("bulk1", "Gbit/s, 1 stream", "v", "{:.1f}"), ("bulk4", "Gbit/s, 4 streams", "v", "{:.1f}"),
+        ("udp", "UDP req/resp per s", "v", "{:.0f}"),
+        ("udpflood", "RSS before 100k-source flood MiB", "before", "{:.1f}"),
+        ("udpflood", "RSS growth in the flood MiB", "growth", "{:.1f}"),
         ("mem", "RSS idle MiB", "idle", "{:.1f}"), ("mem", "RSS with {hold} idle conns MiB", "held", "{:.1f}"),
         ("mem", "RSS growth MiB", "growth", "{:.1f}"), ("mem", "KiB per relayed conn", "per_conn", "{:.1f}"),
         ("mem", "conns relayed", "relayed", "{:.0f}")]
-COST = {"http": "us/request", "conn": "us/connection", "bulk1": "s/GB", "bulk4": "s/GB"}
+COST = {"http": "us/request", "conn": "us/connection", "bulk1": "s/GB", "bulk4": "s/GB", "udp": "us/reply"}
 
 
 def med(runs: list[Result], key: str) -> float:
@@ -325,29 +384,31 @@ def fmt(v: float, f: str) -> str:
 
 
 def results_table(res: Results, names: list[str], hold: int) -> list[str]:
-    lines = ["| workload | metric | " + " | ".join(names) + " | lbd/haproxy | lbd/direct |",
-             "|---|---|" + "---|" * (len(names) + 2)]
+    others = [o for o in RATIO_AGAINST if o in names]
+    lines = ["| workload | metric | " + " | ".join(names) + " | " + " | ".join(f"lbd/{o}" for o in others) + " |",
+             "|---|---|" + "---|" * (len(names) + len(others))]
     for wl, label, key, f in ROWS:
         if not any(wl in res[n] for n in names):
             continue
         vals = {n: med(res[n].get(wl, []), key) for n in names}
         lbd = vals.get("lbd", NAN) if key != "relayed" else NAN
-        cells = [fmt(vals[n], f) for n in names] + [ratio(lbd, vals.get(o, NAN)) for o in ("haproxy", "direct")]
+        cells = [fmt(vals[n], f) for n in names] + [ratio(lbd, vals.get(o, NAN)) for o in others]
         lines.append(f"| {wl} | {label.format(hold=hold)} | " + " | ".join(cells) + " |")
     return lines
 
 
 def cost_table(res: Results, names: list[str]) -> list[str]:
     proxies = [n for n in names if n != "direct"]
-    lines = ["| workload | unit | " + " | ".join(proxies) + " | lbd/haproxy |",
-             "|---|---|" + "---|" * (len(proxies) + 1)]
+    others = [o for o in RATIO_AGAINST if o in proxies]
+    lines = ["| workload | unit | " + " | ".join(proxies) + " | " + " | ".join(f"lbd/{o}" for o in others) + " |",
+             "|---|---|" + "---|" * (len(proxies) + len(others))]
     for wl, unit in COST.items():
         if not any(wl in res[n] for n in proxies):
             continue
         cost = {n: med(res[n].get(wl, []), "cost") for n in proxies}
         pct = {n: med(res[n].get(wl, []), "cpu_pct") for n in proxies}
         cells = [f"{fmt(cost[n], '{:.2f}')} ({fmt(pct[n], '{:.0f}')}% CPU)" for n in proxies]
-        cells.append(ratio(cost.get("lbd", NAN), cost.get("haproxy", NAN)))
+        cells += [ratio(cost.get("lbd", NAN), cost.get(o, NAN)) for o in others]
         lines.append(f"| {wl} | {unit} | " + " | ".join(cells) + " |")
     return lines
 
@@ -356,7 +417,7 @@ def per_rep(res: Results, names: list[str]) -> list[str]:
     lines = []
     for n in names:
         for wl, runs in res[n].items():
-            if wl != "mem":
+            if wl not in ("mem", "udpflood"):
                 errs = sorted({str(r["err"]) for r in runs if r.get("err")})
                 lines.append(f"- {n} {wl}: " + ", ".join(fmt(float(r["v"]), "{:.1f}") for r in runs)
                              + (f"  errors: {'; '.join(errs)[:300]}" if errs else ""))
@@ -394,7 +455,10 @@ def report(a: argparse.Namespace, started: str, res: Results, names: list[str]) 
         f"- machine: Linux {platform.release()}, {os.cpu_count()} CPUs, {cpu[1] if cpu else '?'}",
         f"- versions: {versions(a.lbd)}", f"- pinning: {pin}",
         f"- reps: {a.reps}, target order rotated per rep, medians; wrk -t1 -c{a.conns} -d{a.wrk_secs}s "
-        f"(1 KiB body); iperf3 -t {a.iperf_secs}" + (f"; mem holds {a.hold} idle connections" if "mem" in a.only else ""),
+        f"(1 KiB body); iperf3 -t {a.iperf_secs}; UDP {a.udp_secs} s with {a.outstanding} requests in flight "
+        f"(64 B, connected sockets)" + (f"; mem holds {a.hold} idle connections" if "mem" in a.only else "")
+        + (f"; udpflood sends one datagram from each of {FLOOD_SOURCES:,} sources at {FLOOD_RATE:,}/s"
+           if "udpflood" in a.only else ""),
         "",
         "Ratios are lbd's value over the other's (for p99, RSS and cost, lower is better).", "",
         *results_table(res, names, a.hold), "",
@@ -411,6 +475,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--pin", choices=("split", "none"), default="split")
     ap.add_argument("--wrk-secs", type=int, default=8)
     ap.add_argument("--iperf-secs", type=int, default=5)
+    ap.add_argument("--udp-secs", type=int, default=8)
+    ap.add_argument("--outstanding", type=int, default=32, help="UDP requests in flight")
     ap.add_argument("--conns", type=int, default=50, help="wrk -c")
     ap.add_argument("--hold", type=int, default=5000, help="idle connections for the mem workload")
     ap.add_argument("--lbd", default=DEFAULT_LBD, help="lbd command; {config} and {rundir} are filled in")
@@ -437,17 +503,24 @@ def run_all(a: argparse.Namespace, procs: Procs, t0: float) -> tuple[Results, li
     pids = {n: p.pid if (p := started[n]) else None for n in names}
     res: Results = {n: {} for n in names}
     for n in names:     # warm-up, not recorded
-        wrk(procs, PORTS[n]["http"], 1, a.conns, False)
+        if "http" in PORTS[n]:
+            wrk(procs, PORTS[n]["http"], 1, a.conns, False)
     log = lambda what: print(f"[{time.monotonic() - t0:4.0f}s] {what}", file=sys.stderr, flush=True)  # noqa: E731
     for rep in range(a.reps):
         order = names[rep % len(names):] + names[:rep % len(names)]
-        for wl in (w for w in a.only if w != "mem"):
+        for wl in (w for w in a.only if w not in ("mem", "udpflood")):
             for n in order:
+                port = PORTS[n].get(SERVICE_OF[wl])
+                if port is None:
+                    continue    # e.g. HAProxy has no UDP, nginx-flow serves only UDP
                 log(f"rep {rep + 1}/{a.reps} {wl} {n}")
-                port = PORTS[n]["http" if wl in ("http", "conn") else "iperf"]
                 res[n].setdefault(wl, []).append(measure(procs, wl, port, pids[n], a))
     for n in names:
-        if "mem" in a.only and (pid := pids[n]):
+        if "udpflood" in a.only and (pid := pids[n]) and "udp" in PORTS[n]:
+            log(f"udpflood {n}")
+            res[n]["udpflood"] = [udp_flood(procs, PORTS[n]["udp"], pid)]
+    for n in names:
+        if "mem" in a.only and (pid := pids[n]) and "http" in PORTS[n]:
             log(f"mem {n}")
             res[n]["mem"] = [mem(pid, PORTS[n]["http"], a.hold)]
     return res, names
@@ -459,6 +532,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)     # also when started in the background
     ensure_tools()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if os.geteuid() == 0 and hard != resource.RLIM_INFINITY and hard < NOFILE_WANTED:
+        with suppress(ValueError, OSError):     # root may raise the hard limit (up to fs.nr_open)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_WANTED, NOFILE_WANTED))
+            hard = NOFILE_WANTED
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))     # inherited by every child
     if "mem" in a.only and hard != resource.RLIM_INFINITY and hard < 2 * a.hold + 1000:
         print(f"warning: RLIMIT_NOFILE {hard} is low for --hold {a.hold} (2 fds per proxied conn)", file=sys.stderr)

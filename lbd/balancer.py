@@ -183,6 +183,10 @@ class Balancer:
         return self._rr.targets
 
     @property
+    def ready(self) -> frozenset[Target]:
+        return self._rr.ready
+
+    @property
     def pinned_clients(self) -> int:
         """Size of the affinity table (0 without affinity); for tests and metrics."""
         return len(self._strategy)

@@ -244,11 +244,13 @@ class Daemon:
         r = self.reconciler
         now = time.monotonic()
         ejected: dict[tuple[str, str], frozenset[Target]] = {}
+        active: dict[tuple[str, str], int] = {}
         for entry in self.listeners.running.values():
             label = (entry.spec.service, entry.spec.port_name)
             ejected[label] = ejected.get(label, frozenset()) | entry.router.passive.ejected(now)
+            active[label] = active.get(label, 0) + entry.listener.active
         assignments = r.allocation.assignments if r.allocation is not None else {}
-        return statuses(r.model.services, assignments, StatusView(r.conditions, r.readiness, ejected))
+        return statuses(r.model.services, assignments, StatusView(r.conditions, r.readiness, ejected, active))
 
     def _routes(self) -> dict[tuple[str, str], Handler]:
         async def get_services(request: Request) -> list[StatusDict]:

@@ -3,16 +3,19 @@
 Builds a lab (a bridge as the switch, a client, the lbd node, three backends), runs lbd on the
 node with an embedded config, and shows from the client what a user sees: the VIPs, requests
 spread over the backends, ClientIP affinity, the VIP's ARP entry, a backend failing without a
-client noticing. Everything is removed at the end, also on Ctrl-C.
+client noticing, UDP datagrams answered from the VIP. Everything is removed at the end, also on
+Ctrl-C.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from lbd.admin import AdminUnavailable
 from lbd.lab.netlab import Lab, LabError
@@ -21,6 +24,7 @@ from lbd.status import render_table
 
 HTTP_PORT = 8080  # what lbd/lab/backend.py serves
 UDP_PORT = 9001
+WIRE = Path(__file__).resolve().parent / "lab" / "wire.py"
 
 DEMO_CONFIG = """\
 # The MetalLB tutorial's nginx-demo, in lbd's native format.
@@ -55,6 +59,14 @@ def step(text: str) -> None:
 def curl(lab: Lab, url: str) -> str:
     out = lab.exec("client", ["curl", "-s", "--max-time", "3", url], timeout=10)
     return out.stdout.strip() if out.returncode == 0 else f"ERROR (curl exit {out.returncode})"
+
+
+def udp_replies(lab: Lab, vip: str, port: int, count: int) -> list[tuple[str, str]]:
+    """(reply source, answering backend) for `count` datagrams, each from a new connected socket."""
+    out = lab.exec("client", [sys.executable, str(WIRE), "udp-ask", vip, str(port), "--count", str(count),
+                              "--new-socket"], timeout=30)
+    replies = [json.loads(line) for line in out.stdout.splitlines()]
+    return [(f"{r['source'][0]}:{r['source'][1]}", r["first"]) for r in replies if not r.get("timeout")]
 
 
 def main() -> int:
@@ -107,6 +119,13 @@ def _run(lab: Lab, started: float) -> int:
     step("The client's ARP table learned the VIP from lbd's announcement")
     say(f"    {vips['nginx-demo']} is at {mac} (the node's eth0 is {lab.mac('node')})")
 
+    step(f"4 UDP datagrams to {vips['echo-udp']}:5353, each from a new connected socket (as dig sends them)")
+    udp = udp_replies(lab, vips["echo-udp"], 5353, 4)
+    for i, (source, name) in enumerate(udp, 1):
+        say(f"    datagram {i}: answered by {name}, from {source}")
+    udp_ok = len(udp) == 4 and {s for s, _ in udp} == {f"{vips['echo-udp']}:5353"} and len({n for _, n in udp}) > 1
+    say("    every reply comes from the VIP (a connected socket accepts nothing else), round-robin per flow")
+
     victim = lab.backends[1]
     step(f"{victim} dies; lbd notices the refused connection and retries another backend")
     lab.stop(lab.backend_processes[victim])
@@ -118,8 +137,6 @@ def _run(lab: Lab, started: float) -> int:
     say("    $ lbd get services   (the refused endpoint is out of rotation: passive health check)")
     for line in render_table(node.services()).splitlines():
         say(f"    {line}")
-    say(f"    (UDP service {vips['echo-udp']}:5353 has its VIP; UDP relaying and active health checks "
-        "arrive with their own issues)")
 
     step("SIGTERM: lbd stops accepting, drains, removes its VIPs and exits")
     code = node.stop()
@@ -128,7 +145,7 @@ def _run(lab: Lab, started: float) -> int:
 
     ok = (
         code == 0 and not left and len(spread) == 3 and len(set(sticky)) == 1 and errors == 0
-        and victim not in after and mac == lab.mac("node")
+        and victim not in after and mac == lab.mac("node") and udp_ok
     )
     step(f"Tearing the lab down. Demo {'OK' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s.")
     return 0 if ok else 1

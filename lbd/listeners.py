@@ -1,7 +1,7 @@
 """The running listeners, by (protocol, VIP, port): open, update in place, close and drain.
 
-The registry maps a protocol to its listener class, so UDP plugs in beside TCP; a protocol
-with no entry is not relayed (the plan leaves its ports out and the status says why). Each
+The registry maps a protocol to its listener (TCP and UDP); a protocol with no entry is not
+relayed (the plan leaves its ports out and the status says why). Each
 listener gets a ServiceRouter (balancer + passive health) built from its ListenerSpec. A
 closed listener stops accepting at once and drains in the background; its drain is kept
 per VIP so the VIP lifecycle can wait for it before removing the address.
@@ -10,7 +10,7 @@ per VIP so the VIP lifecycle can wait for it before removing the address.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -19,14 +19,29 @@ from lbd.balancer import Balancer
 from lbd.health.passive import PassiveHealth
 from lbd.model import IPAddress, Protocol
 from lbd.plan import ListenerChange, ListenerKey, ListenerSpec
+from lbd.relay import TcpOptions, UdpOptions
 from lbd.relay.listener import Listener
 from lbd.relay.tcp import TcpListener
+from lbd.relay.udp import UdpListener
 from lbd.routing import ServiceRouter
 
 log = structlog.get_logger("lbd.listeners")
 
-# What each protocol is relayed with. UDP joins when its relay lands.
-LISTENER_KINDS: Mapping[Protocol, type[Listener]] = {Protocol.TCP: TcpListener}
+ListenerFactory = Callable[[ListenerSpec, ServiceRouter], Listener]
+
+
+def _tcp(spec: ListenerSpec, router: ServiceRouter) -> Listener:
+    tcp = spec.tuning if isinstance(spec.tuning, TcpOptions) else TcpOptions()
+    return TcpListener(str(spec.key.ip), spec.key.port, router, spec.options, spec.service, spec.port_name, tcp=tcp)
+
+
+def _udp(spec: ListenerSpec, router: ServiceRouter) -> Listener:
+    udp = spec.tuning if isinstance(spec.tuning, UdpOptions) else UdpOptions()
+    return UdpListener(str(spec.key.ip), spec.key.port, router, spec.options, spec.service, spec.port_name, udp=udp)
+
+
+# What each protocol is relayed with.
+LISTENER_KINDS: Mapping[Protocol, ListenerFactory] = {Protocol.TCP: _tcp, Protocol.UDP: _udp}
 
 
 @dataclass(slots=True)
@@ -48,7 +63,7 @@ def _router(spec: ListenerSpec) -> ServiceRouter:
 class Listeners:
     """Every open listener; the executor of a plan calls open, update and close."""
 
-    def __init__(self, drain_timeout: float, kinds: Mapping[Protocol, type[Listener]] = LISTENER_KINDS) -> None:
+    def __init__(self, drain_timeout: float, kinds: Mapping[Protocol, ListenerFactory] = LISTENER_KINDS) -> None:
         self.drain_timeout = drain_timeout
         self.kinds = kinds
         self.running: dict[ListenerKey, OpenListener] = {}
@@ -64,8 +79,7 @@ class Listeners:
     async def open(self, spec: ListenerSpec) -> None:
         """Bind and listen; raises OSError (e.g. the port is in use) and leaves nothing behind."""
         router = _router(spec)
-        kind = self.kinds[spec.key.protocol]
-        listener = kind(str(spec.key.ip), spec.key.port, router, spec.options, spec.service, spec.port_name)
+        listener = self.kinds[spec.key.protocol](spec, router)
         await listener.start()
         self.running[spec.key] = OpenListener(spec, listener, router)
         log.info("listener_open", service=spec.service, listener=str(spec.key), endpoints=len(spec.targets))
@@ -83,7 +97,7 @@ class Listeners:
         elif change.targets:
             entry.router.update(spec.targets)  # keeps round-robin position and affinities
         if change.options:
-            entry.listener.set_options(spec.options)
+            entry.listener.set_options(spec.options, spec.tuning)
         if change.renamed:
             entry.listener.rename(spec.port_name)
             entry.router.port = spec.port_name

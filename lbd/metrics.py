@@ -51,6 +51,27 @@ bytes_total = Counter(
     registry=REGISTRY,
 )
 
+# UDP data plane.
+udp_flows_active = Gauge("lbd_udp_flows_active", "UDP flows open now", ["service", "port"], registry=REGISTRY)
+udp_flows_total = Counter(
+    "lbd_udp_flows_total", "UDP flows by event: created, expired, evicted", ["service", "port", "event"], registry=REGISTRY
+)
+udp_datagrams_total = Counter(
+    "lbd_udp_datagrams_total",
+    "UDP datagrams relayed; direction is client_to_endpoint or endpoint_to_client",
+    ["service", "port", "direction"],
+    registry=REGISTRY,
+)
+udp_bytes_total = Counter(
+    "lbd_udp_bytes_total", "UDP payload bytes relayed, by direction", ["service", "port", "direction"], registry=REGISTRY
+)
+udp_drops_total = Counter(
+    "lbd_udp_drops_total",
+    "UDP datagrams dropped: no_endpoint, would_block, flow_evicted, too_large, local_error",
+    ["service", "port", "reason"],
+    registry=REGISTRY,
+)
+
 # Layer 2 announcer (MetalLB's names).
 gratuitous_sent_total = Counter(
     "metallb_layer2_gratuitous_sent_total", "Gratuitous ARP/NA packets sent, by VIP", ["ip"], registry=REGISTRY

@@ -16,6 +16,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800
 MAX_AFFINITY_TIMEOUT_SECONDS = 86400
 DEFAULT_NAMESPACE = "default"
+# A UDP flow ends after this long without a datagram either way: kube-proxy's conntrack UDP
+# timeout (it sets nf_conntrack_udp_timeout to 30 s).
+DEFAULT_UDP_FLOW_TIMEOUT = 30.0
+# Flows per UDP service port. Each flow holds one socket (an fd) to its endpoint; a flood of
+# spoofed sources evicts the least recently used flows instead of growing past this.
+DEFAULT_UDP_MAX_FLOWS = 65536
+MAX_UDP_MAX_FLOWS = 1 << 20
 
 
 class Protocol(StrEnum):
@@ -161,6 +168,8 @@ class Service:
     external_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
     readiness_probe: Probe | None = None
     idle_timeout_seconds: float | None = None  # lbd.io/idle-timeout; None = tunnel, never idle out
+    udp_flow_timeout_seconds: float = DEFAULT_UDP_FLOW_TIMEOUT  # lbd.io/udp-flow-timeout
+    udp_max_flows: int = DEFAULT_UDP_MAX_FLOWS  # lbd.io/udp-max-flows, per UDP service port
     headless: bool = False  # clusterIP: None
 
     @property

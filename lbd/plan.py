@@ -30,7 +30,7 @@ from lbd.balancer import Target
 from lbd.model import IPAddress, Model, Probe, Protocol, Service, SessionAffinity
 from lbd.ownership import Ownership
 from lbd.readiness import Readiness, ServiceReadiness
-from lbd.relay import RelayOptions
+from lbd.relay import RelayOptions, Tuning, UdpOptions
 
 
 class ListenerKey(NamedTuple):
@@ -63,6 +63,7 @@ class ListenerSpec:
     balancer: BalancerSpec
     options: RelayOptions
     targets: tuple[Target, ...]
+    tuning: Tuning | None = None  # the protocol's own settings (UDP: flow timeout and cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +190,13 @@ def desire(
             if port.protocol not in relayable:
                 continue
             key = ListenerKey(port.protocol, ip, port.port)
+            tuning = (
+                UdpOptions(service.udp_flow_timeout_seconds, service.udp_max_flows)
+                if port.protocol is Protocol.UDP
+                else None
+            )
             listeners[key] = ListenerSpec(
-                key, service.key, port.name or str(port.port), balancer, options, verdicts.targets(port)
+                key, service.key, port.name or str(port.port), balancer, options, verdicts.targets(port), tuning
             )
         if service.readiness_probe is not None:
             probes.update(ProbeSpec(ep.address, service.readiness_probe) for ep in service.endpoints)
@@ -228,7 +234,7 @@ def plan(running: Running, desired: Desired) -> Plan:
                     new,
                     targets=old.targets != new.targets,
                     balancer=old.balancer != new.balancer,
-                    options=old.options != new.options,
+                    options=old.options != new.options or old.tuning != new.tuning,
                     renamed=old.port_name != new.port_name,
                 )
             )

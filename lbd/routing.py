@@ -20,7 +20,7 @@ log = structlog.get_logger("lbd.routing")
 class ServiceRouter:
     """Picks targets for one service port: balancer order, minus tried and passively-ejected targets."""
 
-    __slots__ = ("balancer", "passive", "service", "port", "_clock")
+    __slots__ = ("balancer", "passive", "service", "port", "generation", "_clock")
 
     def __init__(
         self,
@@ -34,12 +34,18 @@ class ServiceRouter:
         self.passive = passive
         self.service = service
         self.port = port
+        self.generation = 0  # bumped when the ready set may have changed (UDP flows re-check then)
         self._clock = clock
 
     def update(self, targets: Sequence[Target]) -> None:
         """New READY targets (endpoint churn or active health): keeps rotation and affinity."""
         self.balancer.update(targets)
         self.passive.retain(frozenset(targets))
+        self.generation += 1
+
+    def is_ready(self, target: Target) -> bool:
+        """Whether `target` is in the ready set (an established UDP flow may keep using it)."""
+        return target in self.balancer.ready
 
     def pick(self, client_ip: str, tried: Collection[Target]) -> Target | None:
         """Each target at most once per client connection; ejected ones only when nothing else is left."""

@@ -78,6 +78,8 @@ class StatusView:
     readiness: Mapping[str, ServiceReadiness] = field(default_factory=dict)
     # (service key, port name) -> targets passive health ejects now (tried last).
     ejected: Mapping[tuple[str, str], frozenset[Target]] = field(default_factory=dict)
+    # (service key, port name) -> connections (TCP) or flows (UDP) open now.
+    active: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 def service_status(
@@ -86,9 +88,11 @@ def service_status(
     condition: ServiceCondition,
     readiness: ServiceReadiness,
     ejected: Mapping[tuple[str, str], frozenset[Target]] | None = None,
+    active: Mapping[tuple[str, str], int] | None = None,
 ) -> StatusDict:
     """One service as the admin API and `-o json` show it."""
     ejected = ejected or {}
+    active = active or {}
     unserved = set(condition.unserved_ports)
     ports = [
         {
@@ -99,6 +103,8 @@ def service_status(
             # None where nothing runs (`check`): it cannot say.
             "served": None if condition.state is ServiceState.ALLOCATED
             else condition.state is ServiceState.SERVING and f"{p.port}/{p.protocol}" not in unserved,
+            # Connections (TCP) or flows (UDP) open now; None where nothing runs.
+            "active": active.get((service.key, p.name or str(p.port))),
         }
         for p in service.ports
     ]
@@ -147,7 +153,7 @@ def statuses(services: Iterable[Service], assignments: Mapping[str, Assignment],
         assignment = assignments.get(service.key)
         condition = view.conditions.get(service.key) or condition_of(service, assignment)
         readiness = view.readiness.get(service.key) or assess(service, node="")
-        rows.append(service_status(service, assignment, condition, readiness, view.ejected))
+        rows.append(service_status(service, assignment, condition, readiness, view.ejected, view.active))
     return rows
 
 

@@ -20,6 +20,7 @@ PURE = [
     "plan.py",
     "status.py",
     "health/passive.py",
+    "relay/flows.py",
     "net/ethernet.py",
     "net/arp.py",
     "net/ndp.py",

@@ -31,7 +31,7 @@ from lbd.model import (
 )
 from lbd.options import DaemonOptions
 from lbd.ownership import Ownership, OwnershipReason
-from lbd.plan import ListenerKey
+from lbd.plan import ListenerKey, ListenerSpec
 from lbd.readiness import Readiness
 from lbd.reconcile import Reconciler, ShuttingDown
 from lbd.relay import RelayOptions
@@ -98,10 +98,14 @@ class StubListener(Listener):
         return 0
 
 
+def stub_listener(spec: ListenerSpec, router: object) -> Listener:
+    return StubListener(str(spec.key.ip), spec.key.port, router, spec.options, spec.service, spec.port_name)  # type: ignore[arg-type]
+
+
 def reconciler(
     presence: RecordingPresence | None = None, gate: SwitchGate | None = None, *, stub: bool = False
 ) -> Reconciler:
-    kinds = {Protocol.TCP: StubListener} if stub else Listeners(0).kinds
+    kinds = {Protocol.TCP: stub_listener} if stub else Listeners(0).kinds
     return Reconciler(
         node="node-a",
         relay=RelayOptions(connect_timeout=0.5),
@@ -276,7 +280,7 @@ def test_a_start_that_fails_half_way_releases_what_it_claimed() -> None:
     async def scenario() -> None:
         presence = ExplodingPresence({LAB_VIP})
         daemon = Daemon(DaemonOptions(("unused.yaml",), "node-a", admin_socket=None), presence, store=MemoryStore())
-        daemon.listeners.kinds = {Protocol.TCP: StubListener}
+        daemon.listeners.kinds = {Protocol.TCP: stub_listener}
         try:
             await daemon.start(model)
         except RuntimeError:

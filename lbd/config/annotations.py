@@ -1,4 +1,4 @@
-"""The Service annotations lbd reads (metallb.io/*, legacy metallb.universe.tf/*, lbd.io/idle-timeout)."""
+"""The Service annotations lbd reads (metallb.io/*, legacy metallb.universe.tf/*, lbd.io/*)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from lbd.config.reading import Loc, describe, did_you_mean, show
-from lbd.config.values import duration, ip_address
+from lbd.config.values import duration, integer_text, ip_address
 from lbd.config.yamlsrc import YMap
-from lbd.model import IPAddress
+from lbd.model import DEFAULT_UDP_FLOW_TIMEOUT, DEFAULT_UDP_MAX_FLOWS, MAX_UDP_MAX_FLOWS, IPAddress
 
 POOL_ANNOTATION = "metallb.io/address-pool"
 IPS_ANNOTATION = "metallb.io/loadBalancerIPs"
 SHARED_ANNOTATION = "metallb.io/allow-shared-ip"
 IDLE_TIMEOUT_ANNOTATION = "lbd.io/idle-timeout"
+UDP_FLOW_TIMEOUT_ANNOTATION = "lbd.io/udp-flow-timeout"
+UDP_MAX_FLOWS_ANNOTATION = "lbd.io/udp-max-flows"
 METALLB_PREFIX = "metallb.io/"
 LEGACY_METALLB_PREFIX = "metallb.universe.tf/"  # MetalLB < 0.14 spelling, still accepted
-KNOWN_ANNOTATIONS = (POOL_ANNOTATION, IPS_ANNOTATION, SHARED_ANNOTATION, IDLE_TIMEOUT_ANNOTATION)
+KNOWN_ANNOTATIONS = (
+    POOL_ANNOTATION,
+    IPS_ANNOTATION,
+    SHARED_ANNOTATION,
+    IDLE_TIMEOUT_ANNOTATION,
+    UDP_FLOW_TIMEOUT_ANNOTATION,
+    UDP_MAX_FLOWS_ANNOTATION,
+)
 # Annotations MetalLB itself writes back on services: valid, not ours to read.
 _METALLB_STATUS_ANNOTATIONS = ("metallb.io/ip-allocated-from-pool",)
 
@@ -30,6 +39,8 @@ class ServiceAnnotations:
     allow_shared_ip: str | None = None
     idle_timeout_seconds: float | None = None
     requested_ips_loc: Loc | None = None  # where loadBalancerIPs was given (None: it wasn't)
+    udp_flow_timeout_seconds: float = DEFAULT_UDP_FLOW_TIMEOUT
+    udp_max_flows: int = DEFAULT_UDP_MAX_FLOWS
 
 
 def _requested_ips(value: str, loc: Loc) -> tuple[IPAddress, ...]:
@@ -93,4 +104,11 @@ def service_annotations(value: Any, loc: Loc) -> ServiceAnnotations:
     idle = None
     if IDLE_TIMEOUT_ANNOTATION in chosen:
         idle = duration(*chosen[IDLE_TIMEOUT_ANNOTATION])
-    return ServiceAnnotations(pool, requested, shared, idle, ips_loc)
+    flow_timeout = DEFAULT_UDP_FLOW_TIMEOUT
+    if UDP_FLOW_TIMEOUT_ANNOTATION in chosen:
+        flow_timeout = duration(*chosen[UDP_FLOW_TIMEOUT_ANNOTATION]) or DEFAULT_UDP_FLOW_TIMEOUT
+    max_flows = DEFAULT_UDP_MAX_FLOWS
+    if UDP_MAX_FLOWS_ANNOTATION in chosen:
+        item, where = chosen[UDP_MAX_FLOWS_ANNOTATION]
+        max_flows = integer_text(item, where, minimum=1, maximum=MAX_UDP_MAX_FLOWS) or DEFAULT_UDP_MAX_FLOWS
+    return ServiceAnnotations(pool, requested, shared, idle, ips_loc, flow_timeout, max_flows)

@@ -189,6 +189,8 @@ def build_service(
         external_traffic_policy=spec.external_traffic_policy,
         readiness_probe=readiness_probe,
         idle_timeout_seconds=annotations.idle_timeout_seconds,
+        udp_flow_timeout_seconds=annotations.udp_flow_timeout_seconds,
+        udp_max_flows=annotations.udp_max_flows,
         headless=spec.headless,
     )
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lbd.config.reading import Loc, describe, show
+from lbd.config.reading import Loc, describe, integer, show
 from lbd.model import AddressRange, IPAddress
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +225,13 @@ def duration(value: Any, loc: Loc) -> float | None:
         loc.error(f"{show(value)} must be greater than 0")
         return None
     return seconds
+
+
+def integer_text(value: Any, loc: Loc, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    """An integer given as a number or, as annotation values are strings, as digits ("65536")."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return integer(value, loc, minimum=minimum, maximum=maximum)
 
 
 def interface_name(value: Any, loc: Loc) -> str | None:

@@ -1,9 +1,15 @@
-"""The lab's wire tools, run inside a lab namespace: one ICMP echo, and ARP/NDP capture to pcap.
+"""The lab's wire tools, run inside a lab namespace: ICMP echo, ARP/NDP capture, UDP clients.
 
 Standard library and lbd's pure codecs only, so a helper starts fast in a namespace:
     python lbd/lab/wire.py ping DST [--timeout S]     one ICMP/ICMPv6 echo; exit 0 if answered
     python lbd/lab/wire.py capture --iface eth0 --out F.pcap [--ethertypes 0x0806,0x86dd]
-A capture stops on SIGTERM, after --max-seconds or --max-frames, and when its parent dies.
+    python lbd/lab/wire.py udp-ask HOST PORT [--count N] [--new-socket] [--size B] [--replies R]
+        N requests from a CONNECTED socket (one per request with --new-socket); prints one JSON
+        line per reply: its source, size and first line ("timeout" when none came)
+    python lbd/lab/wire.py udp-flood HOST PORT --sources N [--extra-ips IP,...] [--rate PPS]
+        one datagram from each of N distinct (address, port) sources, paced, from a raw socket
+A capture stops on SIGTERM, after --max-seconds or --max-frames, and when its parent dies; every
+UDP tool is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import json
 import os
 import select
 import signal
@@ -121,6 +128,61 @@ def ping_main(destination: str, timeout: float) -> int:
     return 1
 
 
+def udp_ask_main(host: str, port: int, count: int, new_socket: bool, size: int, replies: int, timeout: float) -> int:
+    """Requests from connected sockets, as dig and `nc -u` send them: only replies from HOST:PORT
+    reach a connected socket, so an answer proves it came from the VIP."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = None
+    payload = (b"q" * size) if size else b""
+    for i in range(count):
+        if sock is None or new_socket:
+            if sock is not None:
+                sock.close()
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+        sock.send(payload or f"request {i}".encode())
+        for _ in range(replies):
+            try:
+                data, source = sock.recvfrom(65536)
+            except TimeoutError:
+                print(json.dumps({"request": i, "timeout": True}), flush=True)
+                break
+            first = data.split(b"\n", 1)[0].decode(errors="replace")
+            print(json.dumps({"request": i, "source": list(source[:2]), "size": len(data), "first": first,
+                              "local_port": sock.getsockname()[1]}), flush=True)
+    if sock is not None:
+        sock.close()
+    return 0
+
+
+def udp_flood_main(host: str, port: int, sources: int, extra_ips: list[str], rate: float) -> int:
+    """One small datagram from each of `sources` distinct (address, port) pairs, at most `rate` per
+    second: a raw socket writes the IPv4 and UDP headers, so no socket per source is needed."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL implied
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect((host, port))
+    source_ips = [probe.getsockname()[0], *extra_ips]
+    probe.close()
+    destination = socket.inet_aton(host)
+    payload = b"flood"
+    started = time.monotonic()
+    for n in range(sources):
+        src = socket.inet_aton(source_ips[n % len(source_ips)])
+        sport = 1024 + (n // len(source_ips)) % 64000
+        udp = struct.pack("!HHHH", sport, port, 8 + len(payload), 0) + payload  # checksum 0: none (IPv4)
+        # version/IHL, TOS, total length and id/checksum filled by the kernel, TTL 64, UDP.
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0, 64, socket.IPPROTO_UDP, 0, src, destination)
+        sock.sendto(header + udp, (host, 0))
+        ahead = (n + 1) / rate - (time.monotonic() - started)
+        if ahead > 0.001:
+            time.sleep(ahead)
+    sock.close()
+    print(json.dumps({"sent": sources, "seconds": round(time.monotonic() - started, 3)}), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wire", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,9 +195,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     capture.add_argument("--ethertypes", default=f"0x{ETH_P_ARP:04x},0x{ETH_P_IPV6:04x}")
     capture.add_argument("--max-seconds", type=float, default=CAPTURE_MAX_SECONDS)
     capture.add_argument("--max-frames", type=int, default=CAPTURE_MAX_FRAMES)
+    ask = commands.add_parser("udp-ask", help="requests from connected UDP sockets, replies as JSON lines")
+    ask.add_argument("host")
+    ask.add_argument("port", type=int)
+    ask.add_argument("--count", type=int, default=1)
+    ask.add_argument("--new-socket", action="store_true", help="a new socket (source port) per request")
+    ask.add_argument("--size", type=int, default=0, help="payload bytes (default: 'request N')")
+    ask.add_argument("--replies", type=int, default=1, help="replies to wait for per request")
+    ask.add_argument("--timeout", type=float, default=2.0)
+    flood = commands.add_parser("udp-flood", help="one datagram from each of N distinct sources")
+    flood.add_argument("host")
+    flood.add_argument("port", type=int)
+    flood.add_argument("--sources", type=int, required=True)
+    flood.add_argument("--extra-ips", default="", help="more source addresses (configured on this host)")
+    flood.add_argument("--rate", type=float, default=20000.0, help="datagrams per second at most")
     args = parser.parse_args(argv)
     if args.command == "ping":
         return ping_main(args.destination, args.timeout)
+    if args.command == "udp-ask":
+        count = max(1, min(args.count, 100_000))
+        return udp_ask_main(args.host, args.port, count, args.new_socket, args.size, args.replies, args.timeout)
+    if args.command == "udp-flood":
+        extra = [ip for ip in args.extra_ips.split(",") if ip]
+        return udp_flood_main(args.host, args.port, max(1, min(args.sources, 1_000_000)), extra, args.rate)
     types = {int(t, 0) for t in args.ethertypes.split(",") if t}
     return capture_main(args.iface, args.out, types, args.max_seconds, args.max_frames)
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from lbd.balancer import Target
+from lbd.model import DEFAULT_UDP_FLOW_TIMEOUT, DEFAULT_UDP_MAX_FLOWS
 
 # Seconds per endpoint connect attempt; a failed attempt moves on to the next endpoint.
 # HAProxy's `timeout connect` examples use 5 s; 2 s keeps a dead endpoint's cost low.
@@ -43,6 +44,15 @@ class Router(Protocol):
         """The endpoint answered (clears passive failures)."""
         ...
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the ready set may have changed (UDP flows re-check their endpoint)."""
+        ...
+
+    def is_ready(self, target: Target) -> bool:
+        """Whether `target` is in the ready set now."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RelayOptions:
@@ -52,4 +62,39 @@ class RelayOptions:
     idle_timeout: float | None = None  # None = tunnel, never idle out (Service.idle_timeout_seconds)
 
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT", "Failure", "RelayOptions", "Router", "Target"]
+@dataclass(frozen=True, slots=True)
+class TcpOptions:
+    """TCP-only relay settings, beside the neutral RelayOptions; new connections take them."""
+
+    keepalive: bool = True  # SO_KEEPALIVE on both sides
+    # Write buffer marks per side: the most lbd holds for a slow reader per direction (plus one
+    # read). Larger marks mean fewer pause/resume round trips on bulk transfers.
+    write_buffer_high: int = 256 * 1024
+    write_buffer_low: int = 64 * 1024
+    # After this many bytes in big reads a relay moves to os.splice (lbd.relay.splice); None =
+    # never. Setup and small messages are cheapest on Protocols, bulk transfers on splice.
+    splice_after: int | None = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class UdpOptions:
+    """UDP-only relay settings: how long an idle flow lives and how many flows a port keeps."""
+
+    flow_timeout: float = DEFAULT_UDP_FLOW_TIMEOUT  # lbd.io/udp-flow-timeout
+    max_flows: int = DEFAULT_UDP_MAX_FLOWS  # lbd.io/udp-max-flows
+
+
+Tuning = TcpOptions | UdpOptions  # the per-protocol half of a listener's settings
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_UDP_FLOW_TIMEOUT",
+    "DEFAULT_UDP_MAX_FLOWS",
+    "Failure",
+    "RelayOptions",
+    "Router",
+    "Target",
+    "TcpOptions",
+    "Tuning",
+    "UdpOptions",
+]

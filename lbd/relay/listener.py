@@ -117,8 +117,8 @@ class Listener:
         """Reset everything established now; returns how many connections or flows were cut."""
         raise NotImplementedError
 
-    def set_options(self, options: RelayOptions) -> None:
-        """New options for new connections or flows (established ones keep theirs)."""
+    def set_options(self, options: RelayOptions, tuning: object = None) -> None:
+        """New options for new connections or flows; `tuning` is the protocol's own (TcpOptions...)."""
         self.options = options
 
     def rename(self, port_name: str) -> None:

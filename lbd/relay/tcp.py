@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 
 from lbd import metrics
-from lbd.relay import RelayOptions, Router
+from lbd.relay import RelayOptions, Router, TcpOptions
 from lbd.relay.listener import Listener, bound_socket
 from lbd.relay import tcp_connection
-from lbd.relay.tcp_connection import Client, TcpOptions, Upstream, reset
+from lbd.relay.tcp_connection import Client, Upstream, reset
 
 __all__ = ["LISTEN_BACKLOG", "TcpListener", "TcpOptions"]
 
@@ -136,14 +136,14 @@ class TcpListener(Listener):
     def active(self) -> int:
         return len(self.relays)
 
-    def set_options(self, options: RelayOptions, tcp: TcpOptions | None = None) -> None:
+    def set_options(self, options: RelayOptions, tuning: object = None) -> None:
         """New options for new connections (established relays keep theirs)."""
         self.options = options
         self._idle_timeouts |= options.idle_timeout is not None
-        if tcp is not None:
-            old, self.tcp = self.tcp, tcp
-            if self._sock is not None and old.keepalive != tcp.keepalive:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(tcp.keepalive))
+        if isinstance(tuning, TcpOptions):
+            old, self.tcp = self.tcp, tuning
+            if self._sock is not None and old.keepalive != tuning.keepalive:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(tuning.keepalive))
 
     # -- events from relays -------------------------------------------------------------
 

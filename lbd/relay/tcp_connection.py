@@ -43,7 +43,6 @@ import errno
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from lbd.balancer import Target
@@ -67,21 +66,6 @@ _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close() sends RST,
 _UNREACHABLE_ERRNOS = frozenset(
     {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.ENONET}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class TcpOptions:
-    """TCP-only relay settings, beside the neutral RelayOptions; new connections take them."""
-
-    keepalive: bool = True  # SO_KEEPALIVE on both sides
-    # Write buffer marks per side: the most lbd holds for a slow reader per direction (plus one
-    # read). Larger marks mean fewer pause/resume round trips on bulk transfers.
-    write_buffer_high: int = 256 * 1024
-    write_buffer_low: int = 64 * 1024
-    # After this many bytes in big reads (>= BULK_READ) a relay moves to os.splice
-    # (lbd.relay.splice); None = never. Setup and small messages are cheapest on Protocols,
-    # bulk transfers on splice.
-    splice_after: int | None = 1 << 20
 
 
 def classify_connect_error(exc: BaseException) -> Failure:

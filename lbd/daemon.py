@@ -39,6 +39,7 @@ from lbd.ownership import OwnershipGate, SingleNodeGate
 from lbd.reconcile import Reconciler, ShuttingDown
 from lbd.relay import RelayOptions
 from lbd.status import ServiceState, StatusDict, StatusView, statuses
+from lbd.systemd import Notifier
 from lbd.vips import Vips
 
 log = structlog.get_logger()
@@ -119,6 +120,7 @@ class Daemon:
             vips=self.vips,
             listeners=self.listeners,
         )
+        self.notifier = Notifier()
         self.aborted = 0  # connections cut at shutdown
         self._started: list[Component] = []
         self._closing = False
@@ -153,6 +155,7 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop the started components in reverse order; one failing does not stop the others."""
         log.info("shutdown_started", drain_timeout=self.options.drain_timeout)
+        self.notifier.stopping()
         self._closing = True
         while self._started:
             component = self._started.pop()
@@ -195,10 +198,17 @@ class Daemon:
                 await self._tick_task
 
     async def _tick(self) -> None:
+        """The heartbeat: the systemd watchdog, STATUS=, and retries of what failed."""
         loop = asyncio.get_running_loop()
         last_retry = loop.time()
+        period = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
+        status = ""
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            await asyncio.sleep(period)
+            self.notifier.watchdog()  # from the loop itself: a wedged loop stops the pings
+            if (now_status := self.summary()) != status:
+                status = now_status
+                self.notifier.status(status)
             now = loop.time()
             retry = self.reconciler.blocked or self.reconciler.pass_failed
             if retry and now - last_retry >= RETRY_BLOCKED_SECONDS:
@@ -215,16 +225,24 @@ class Daemon:
         async with self._reload_lock:
             if self._closing:
                 return ReloadResult(False, errors=["lbd is shutting down"])
-            attempt = await read_config(self.options.config_paths)
-            report_attempt(attempt)
-            warnings = [str(w) for w in attempt.warnings]
-            if attempt.loaded is None:
-                log.error("reload_rejected", errors=len(attempt.errors))
-                return ReloadResult(False, errors=[str(e) for e in attempt.errors], warnings=warnings)
+            self.notifier.reloading()
             try:
-                applied = await self.reconciler.submit(attempt.loaded.model)
-            except ShuttingDown as exc:
-                return ReloadResult(False, errors=[str(exc)], warnings=warnings)
+                return await self._reload()
+            finally:
+                if not self._closing:
+                    self.notifier.ready(self.summary())
+
+    async def _reload(self) -> ReloadResult:
+        attempt = await read_config(self.options.config_paths)
+        report_attempt(attempt)
+        warnings = [str(w) for w in attempt.warnings]
+        if attempt.loaded is None:
+            log.error("reload_rejected", errors=len(attempt.errors))
+            return ReloadResult(False, errors=[str(e) for e in attempt.errors], warnings=warnings)
+        try:
+            applied = await self.reconciler.submit(attempt.loaded.model)
+        except ShuttingDown as exc:
+            return ReloadResult(False, errors=[str(exc)], warnings=warnings)
         plan = applied.plan
         log.info(
             "reload_applied",
@@ -239,6 +257,16 @@ class Daemon:
 
     def serving(self) -> int:
         return sum(1 for c in self.reconciler.conditions.values() if c.state is ServiceState.SERVING)
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=: `12 services, 11 VIPs, 1 pending, 34/36 endpoints ready`."""
+        r = self.reconciler
+        states = [c.state for c in r.conditions.values()]
+        waiting = sum(1 for state in states if state in (ServiceState.PENDING, ServiceState.FAILED))
+        ready = sum(v.ready_count for v in r.readiness.values())
+        total = sum(len(v.endpoints) for v in r.readiness.values())
+        return (f"{len(states)} services, {len(self.vips.held())} VIPs, {waiting} pending, "
+                f"{ready}/{total} endpoints ready")
 
     def service_statuses(self) -> list[StatusDict]:
         r = self.reconciler
@@ -312,6 +340,7 @@ async def run_daemon(options: DaemonOptions) -> int:
             await daemon.shutdown()
         return 1
     log.info("ready", services=daemon.serving(), failed=sorted(daemon.reconciler.blocked), node=options.node_name)
+    daemon.notifier.ready(daemon.summary())  # every servable VIP is bound and its listeners open
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     await daemon.shutdown()

@@ -365,3 +365,32 @@ def test_ipv6_vip_and_a_datagram_too_large_for_an_ipv4_endpoint() -> None:
     finally:
         v6.close()
         v4.close()
+
+
+def test_eviction_counts_late_replies_and_never_touches_the_new_datagram() -> None:
+    backend = UdpBackend("b1")
+    router = RecordingRouter([backend.target])
+
+    async def body() -> tuple[bytes, int]:
+        listener = await started(router, UdpOptions(max_flows=1))
+        a, b = client(listener), client(listener)
+        try:
+            await asyncio.to_thread(ask, a)
+            (flow_a,) = listener.table.flows.values()
+            # A late reply for A waits unread on A's endpoint socket when B's datagram evicts A.
+            listener.loop.remove_reader(flow_a.sock.fileno())
+            backend.sock.sendto(b"late reply for a", flow_a.sock.getsockname())
+            await asyncio.sleep(0.05)
+            (reply,) = await asyncio.to_thread(ask, b, b"B" * 1000)
+            return reply, listener.drops["flow_evicted"]
+        finally:
+            a.close()
+            b.close()
+            await listener.drain(0)
+
+    try:
+        reply, lost = run(body)
+    finally:
+        backend.close()
+    assert reply == b"b1\n" + b"B" * 1000  # B's datagram reached the backend intact
+    assert lost == 1

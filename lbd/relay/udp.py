@@ -87,6 +87,7 @@ class UdpListener(Listener):
         self._sock: socket.socket | None = None
         self._buf = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buf)
+        self._scratch = bytearray(64)
         self._local_error_log = BurstLog()
         self.cut_flows = 0
         # The clock is read once per wake-up of the VIP socket, never per datagram; replies stamp
@@ -322,7 +323,9 @@ class UdpListener(Listener):
             lost = 0
             for _ in range(EVICTED_DRAIN):  # replies that came too late for an evicted flow
                 try:
-                    sock.recv_into(self._buf)
+                    # Not into self._buf: an eviction happens while that holds the datagram of
+                    # the new flow that caused it. A short buffer is enough to count.
+                    sock.recv_into(self._scratch, 0, socket.MSG_TRUNC)
                 except OSError:
                     break
                 lost += 1

@@ -20,6 +20,8 @@ PURE = [
     "plan.py",
     "status.py",
     "health/passive.py",
+    "health/probe.py",
+    "health/http.py",
     "net/ethernet.py",
     "net/arp.py",
     "net/ndp.py",

@@ -2,11 +2,13 @@
 the next plan (lbd.plan) and executes it.
 
 Sources of change: a reload (a new model), the daemon tick (retrying services that could not
-be served), and later probe results, lease events, operator drain and interface changes. They
-never touch listeners or VIPs themselves; only `reconcile_once` does, one pass at a time.
+be served), probe verdicts (the health checker marks the state dirty), and later lease
+events, operator drain and interface changes. They never touch listeners or VIPs themselves;
+only a pass does, one at a time.
 
-A pass: allocate (off the loop: the store writes and fsyncs), assess readiness, ask the
-ownership gate, build Desired, plan, execute. A service whose listener cannot open (port in
+A pass: allocate (off the loop: the store writes and fsyncs), assess readiness (slice
+conditions and the checker's probe verdicts), ask the ownership gate, build Desired, plan,
+execute (the plan's probes_start/probes_stop go to the checker), report readiness changes. A service whose listener cannot open (port in
 use) or whose VIP cannot be bound (no interface fits) is blocked with the reason and the pass
 plans again without it, so its half-opened listeners close and an unused VIP is released; one
 service's failure never stops the others. Blocked services are retried on the next reload and
@@ -27,6 +29,9 @@ import structlog
 from lbd import metrics
 from lbd.allocator import Allocation, allocate, usable_addresses
 from lbd.assignments import AssignmentStore, Committed, Stored, allocate_and_commit
+from lbd.events import EventLog
+from lbd.health.checker import HealthChecker
+from lbd.health.report import ReadinessReport
 from lbd.listeners import Listeners
 from lbd.model import IPAddress, Model, Service
 from lbd.ownership import Ownership, OwnershipGate
@@ -72,6 +77,8 @@ class Reconciler:
         gate: OwnershipGate,
         vips: Vips,
         listeners: Listeners,
+        health: HealthChecker | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self.node = node
         self.relay = relay
@@ -79,6 +86,9 @@ class Reconciler:
         self.gate = gate
         self.vips = vips
         self.listeners = listeners
+        self.health = health  # None: probes are not run and the config's conditions decide alone
+        self.events = events or EventLog()
+        self.readiness_report = ReadinessReport(self.events)
         self.model = Model()
         self.allocation: Allocation | None = None
         self.readiness: Readiness = {}
@@ -102,7 +112,7 @@ class Reconciler:
             asyncio.get_running_loop().run_in_executor(_STORE_THREAD, self.store.load), STORE_TIMEOUT
         )
         committed = await self._allocate(model)
-        readiness = assess_model(model, self.node)
+        readiness = self._assess(model)
         ownership = self._ownership(model, committed.allocation, readiness)
         # Leftovers of a crash go before anything is bound; owned ones stay (no gap in service).
         await self.vips.adopt([ip for ip, o in ownership.items() if o.owner])
@@ -174,7 +184,8 @@ class Reconciler:
             committed = await self._allocate(model)
         allocation = committed.allocation if committed is not None else self.allocation
         assert allocation is not None
-        readiness = assess_model(model, self.node)
+        readiness = self._assess(model)
+        before = self.readiness
         # The target from here on, even if executing it fails half-way: the next pass retries it.
         self.model, self.allocation, self.readiness = model, allocation, readiness
         self.vips.set_interfaces(model.interfaces)
@@ -196,8 +207,12 @@ class Reconciler:
             self.blocked.update(newly)
             desired = self._desire(model, allocation, readiness)
         self._report(desired)
+        self.readiness_report.publish(before, readiness, {spec.service for spec in desired.listeners.values()})
         assert first is not None
         return Applied(first, failed)
+
+    def _assess(self, model: Model) -> Readiness:
+        return assess_model(model, self.node, self.health.verdicts if self.health is not None else None)
 
     async def _allocate(self, model: Model) -> Committed:
         """Allocate and store off the loop; a slow or failing store never stops serving."""
@@ -252,6 +267,8 @@ class Reconciler:
     async def _execute(self, steps: Plan) -> dict[str, str]:
         """Carry out a plan in its order; returns services that newly failed, with the reason."""
         failed: dict[str, str] = {}
+        if self.health is not None:  # first: it cannot fail, so `running.probes` is always true
+            self.health.apply(steps.probes_start, steps.probes_stop)
         for key in steps.close:
             self.listeners.close(key)
         for spec in steps.open:
@@ -291,8 +308,7 @@ class Reconciler:
             listeners=self.listeners.specs(),
             vips=self.vips.held(),
             announced=self.vips.announced(),
-            # Handed to the health checker when it lands; nothing runs probes yet.
-            probes=desired.probes,
+            probes=desired.probes,  # handed to the health checker first thing in _execute
         )
 
     def _report(self, desired: Desired) -> None:

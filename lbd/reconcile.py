@@ -31,6 +31,7 @@ from lbd.allocator import Allocation, allocate, usable_addresses
 from lbd.assignments import AssignmentStore, Committed, Stored, allocate_and_commit
 from lbd.events import EventLog
 from lbd.health.checker import HealthChecker
+from lbd.health.probe import FIRST_PROBE_SPREAD
 from lbd.health.report import ReadinessReport
 from lbd.listeners import Listeners
 from lbd.model import IPAddress, Model, Service
@@ -48,6 +49,9 @@ log = structlog.get_logger("lbd.reconcile")
 STORE_TIMEOUT = 10.0
 # Seconds shutdown waits for a pass under way (netlink calls have their own 5 s deadlines).
 STOP_PASS_TIMEOUT = 10.0
+# Seconds start-up waits for the first probe of every endpoint before serving: first probes
+# are spread over FIRST_PROBE_SPREAD (1 s) and the default probe timeout is 1 s more.
+FIRST_PROBES_WAIT = FIRST_PROBE_SPREAD + 1.5
 # Store reads and writes run one at a time, in order, on their own thread: a write that
 # outlived its deadline can never land after a newer one.
 _STORE_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -116,6 +120,16 @@ class Reconciler:
         ownership = self._ownership(model, committed.allocation, readiness)
         # Leftovers of a crash go before anything is bound; owned ones stay (no gap in service).
         await self.vips.adopt([ip for ip, o in ownership.items() if o.owner])
+        if self.health is not None:
+            # Probe first, serve then: an endpoint is out until its first success, and without
+            # this a restart would reset the clients of healthy endpoints for about a second.
+            probes = self._desire(model, committed.allocation, readiness).probes
+            if probes:
+                self.health.apply(probes, ())
+                started = asyncio.get_running_loop().time()
+                waiting = await self.health.first_results(probes, FIRST_PROBES_WAIT)
+                log.info("first_probes", probes=len(probes), unanswered=waiting,
+                         seconds=round(asyncio.get_running_loop().time() - started, 3))
         applied = await self._pass(model, committed)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="reconcile")
         return applied

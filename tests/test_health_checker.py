@@ -11,6 +11,7 @@ import ipaddress
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -361,5 +362,22 @@ def test_a_passive_failure_is_a_failed_probe_at_once() -> None:
         await checker.stop()
         checker.apply([s], [])  # after stop: runs nothing
         assert len(checker) == 0
+
+    run(scenario())
+
+
+def test_first_results_waits_for_answers_but_not_past_its_timeout_nor_for_delayed_probes() -> None:
+    async def scenario() -> None:
+        runs = FakeRuns()
+        checker = HealthChecker(prober=runs)
+        await checker.start()
+        quick, delayed = spec(80, host="127.0.0.2", period_seconds=1), spec(80, host="127.0.0.3", initial_delay_seconds=30)
+        checker.apply([quick, delayed], [])
+        started = time.monotonic()
+        assert await checker.first_results([quick, delayed], 1.5) == 1  # quick never answers
+        assert 1.4 < time.monotonic() - started < 2.0
+        runs.answer()
+        assert await checker.first_results([quick, delayed], 1.5) == 0
+        await checker.stop()
 
     run(scenario())

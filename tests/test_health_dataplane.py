@@ -86,14 +86,19 @@ def test_probes_drive_the_target_set_and_a_dead_backend_leaves_on_its_first_refu
         r = wired()
         await r.health.start()  # type: ignore[union-attr]
         try:
+            for server in servers:
+                server.status = 503
             await r.start(model(backend_port, vip_port, failure_threshold=2))
             vip = "127.0.0.240"
-            assert targets(r) == set()  # not ready before the first probe
+            assert targets(r) == set()  # start-up waited for the first probes: both fail
+            assert r.readiness["default/web"].endpoints[0].text == "probe failed: HTTP 503"
             # Nothing ready: a client is reset at once, not left waiting.
             started = time.monotonic()
             assert await get(vip, vip_port) == "reset"
             assert time.monotonic() - started < 0.1
-            await until(lambda: targets(r) == set(BACKENDS), 2.0)
+            for server in servers:
+                server.status = 200
+            await until(lambda: targets(r) == set(BACKENDS), 1.5)
             status = r.readiness["default/web"].endpoints[0]
             assert (status.ready, status.text) == (True, "probe passed")
 
@@ -135,7 +140,7 @@ def test_a_reload_keeps_an_unchanged_endpoints_state_and_retunes_a_changed_probe
         try:
             first = model(backend_port, vip_port)
             await r.start(first)
-            await until(lambda: targets(r) == set(BACKENDS), 2.0)
+            assert targets(r) == set(BACKENDS)  # probed before serving
             spec = ProbeSpec(ipaddress.ip_address(BACKENDS[0]), first.services[0].readiness_probe)  # type: ignore[arg-type]
             state = health._endpoints[spec].state
             # Same config again, then a new failure threshold: ready all along, same state object.

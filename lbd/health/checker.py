@@ -38,6 +38,8 @@ log = structlog.get_logger("lbd.health")
 
 # A timer may fire this early (uvloop counts in milliseconds) and still start its probe.
 EARLY_TOLERANCE = 0.002
+# How often first_results looks again (it runs once, at start-up).
+FIRST_RESULTS_POLL = 0.05
 
 StartProbe = Callable[[asyncio.AbstractEventLoop, ProbeSpec, Callable[[], float], Done], ProbeRun]
 _Check = tuple[Any, Any]  # (address, action): what is probed, whatever the timings
@@ -155,6 +157,18 @@ class HealthChecker:
                 if self._by_check.get(_check(spec)) == spec:
                     del self._by_check[_check(spec)]
                 self._drop(ep)
+
+    async def first_results(self, specs: Iterable[ProbeSpec], timeout: float) -> int:
+        """Wait, at most `timeout`, until every spec without an initial delay has had a probe
+        answer; returns how many had not. At start-up this keeps a restart from resetting
+        the clients of healthy endpoints while their first probes run."""
+        waiting = [spec for spec in specs if spec.probe.initial_delay_seconds == 0]
+        deadline = self._clock() + timeout
+        while True:
+            waiting = [s for s in waiting if (ep := self._endpoints.get(s)) is not None and ep.state.last is None]
+            if not waiting or self._clock() >= deadline:
+                return len(waiting)
+            await asyncio.sleep(FIRST_RESULTS_POLL)
 
     def passive_failure(self, spec: ProbeSpec, reason: str) -> None:
         """Client traffic found the endpoint dead (refused, timed out): out now, a probe brings it back."""

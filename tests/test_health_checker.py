@@ -22,7 +22,7 @@ import uvloop
 from lbd import __version__, metrics
 from lbd.health.checker import HealthChecker
 from lbd.health.probe import Outcome, ProbeResult, ProbeSpec, ProbeVerdict
-from lbd.health.prober import ProbeRun, start_probe
+from lbd.health.prober import Prober, ProbeRun, ProbeTarget, prepare
 from lbd.model import HTTPGetAction, Probe, TCPSocketAction
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -71,8 +71,12 @@ class HttpServer:
 async def probe_once(spec: ProbeSpec) -> ProbeResult:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[ProbeResult] = loop.create_future()
-    start_probe(loop, spec, loop.time, done.set_result)
-    return await done
+    prober = Prober(loop)
+    try:
+        prober.start(prepare(spec), loop.time, done.set_result)
+        return await done
+    finally:
+        prober.close()
 
 
 def spec(port: int, action: str = "http", host: str = "127.0.0.1", **probe: Any) -> ProbeSpec:
@@ -279,9 +283,14 @@ class FakeRuns:
         self.waiting: list[Callable[[ProbeResult], None]] = []
         self.cancelled = 0
 
-    def __call__(self, loop: asyncio.AbstractEventLoop, spec: ProbeSpec, clock: Callable[[], float],
-                 done: Callable[[ProbeResult], None]) -> ProbeRun:
-        self.started.append(spec)
+    def __call__(self, loop: asyncio.AbstractEventLoop) -> FakeRuns:
+        return self  # the checker's prober factory
+
+    def close(self) -> None:
+        pass
+
+    def start(self, target: ProbeTarget, clock: Callable[[], float], done: Callable[[ProbeResult], None]) -> ProbeRun:
+        self.started.append(target.spec)
         self.waiting.append(done)
         runs = self
 
@@ -381,3 +390,36 @@ def test_first_results_waits_for_answers_but_not_past_its_timeout_nor_for_delaye
         await checker.stop()
 
     run(scenario())
+
+
+def test_a_connect_still_in_progress_waits_for_writability(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a LAN the handshake is not done when the request is first tried: the epoll says when."""
+    import types
+
+    from lbd.health import prober as prober_module
+
+    class FirstSendWouldBlock(socket.socket):
+        tried = False
+
+        def send(self, data: Any, flags: int = 0) -> int:
+            if not self.tried:
+                self.tried = True
+                raise BlockingIOError
+            return super().send(data, flags)
+
+    fake = types.SimpleNamespace(**{k: getattr(socket, k) for k in dir(socket) if k.isupper()})
+    fake.socket = FirstSendWouldBlock
+
+    async def scenario() -> None:
+        server = await HttpServer().start()
+        monkeypatch.setattr(prober_module, "socket", fake)
+        try:
+            ok = await probe_once(spec(server.port))
+            refused = await probe_once(spec(closed_port()))
+        finally:
+            monkeypatch.undo()
+            await server.close()
+        assert (ok.outcome, ok.detail) == (Outcome.SUCCESS, "HTTP 200")
+        assert (refused.outcome, refused.detail) == (Outcome.REFUSED, "connect refused")
+
+    run(scenario(), "uvloop")

@@ -6,8 +6,10 @@ an endpoint and a probe share one state, so nothing is probed twice). When a ver
 it calls `on_change` (the reconciler's mark_dirty): the next pass, milliseconds later, updates
 the routers' target sets in place.
 
-Nothing here blocks the loop: one timer per endpoint, armed for its next probe, and one probe
-in flight at most per endpoint (lbd.health.prober: non-blocking, bounded by its timeout).
+Nothing here blocks the loop. Endpoints wait for their next probe in 10 ms slots behind one
+loop timer (probes due in the same slot start together: at 1,000 probes/s that is a wakeup
+per ten probes, not one per probe), and each has one probe in flight at most
+(lbd.health.prober: non-blocking, bounded by its own timeout).
 A reload keeps the state of every unchanged endpoint; a probe whose timings or thresholds
 changed keeps its state too (retuned); only a new check (another port, path, kind) starts
 from "no probe result yet".
@@ -17,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -29,19 +33,30 @@ from lbd.health.probe import (
     ProbeSpec,
     ProbeState,
     ProbeVerdict,
-    probe_kind,
     stable_phase,
 )
-from lbd.health.prober import Done, ProbeRun, start_probe
+from lbd.health.prober import Done, Prober, ProbeRun, ProbeTarget, prepare
 
 log = structlog.get_logger("lbd.health")
 
-# A timer may fire this early (uvloop counts in milliseconds) and still start its probe.
+# Probes due within the same SLOT seconds start together, up to one slot late: far below any
+# period (whole seconds) and the spread of first probes; a wakeup costs a context switch.
+SLOT = 0.01
+# A timer may fire this early (uvloop counts in milliseconds) and still start its slot.
 EARLY_TOLERANCE = 0.002
 # How often first_results looks again (it runs once, at start-up).
 FIRST_RESULTS_POLL = 0.05
 
-StartProbe = Callable[[asyncio.AbstractEventLoop, ProbeSpec, Callable[[], float], Done], ProbeRun]
+
+
+class ProbeStarter(Protocol):
+    """What runs probes (lbd.health.prober.Prober; tests use fakes)."""
+
+    def start(self, target: ProbeTarget, clock: Callable[[], float], done: Done) -> ProbeRun: ...
+
+    def close(self) -> None: ...
+
+
 _Check = tuple[Any, Any]  # (address, action): what is probed, whatever the timings
 
 
@@ -50,16 +65,17 @@ def _check(spec: ProbeSpec) -> _Check:
 
 
 class _Endpoint:
-    """One probed endpoint: its state, its timer, its probe in flight."""
+    """One probed endpoint: its state, the slot it waits in, its probe in flight."""
 
-    __slots__ = ("spec", "state", "timer", "run", "fire", "done")
+    __slots__ = ("spec", "target", "state", "slot", "run", "done", "counted")
 
     def __init__(self, spec: ProbeSpec, state: ProbeState) -> None:
         self.spec = spec
+        self.target = prepare(spec)
         self.state = state
-        self.timer: asyncio.TimerHandle | None = None
+        self.counted: dict[str, Any] = {}  # outcome -> lbd_probes_total child, bound on first use
+        self.slot: int | None = None  # waiting for this slot; an older slot's entry is stale
         self.run: ProbeRun | None = None
-        self.fire: Callable[[], None] = lambda: None
         self.done: Done = lambda result: None
 
 
@@ -93,24 +109,28 @@ class HealthChecker:
         on_change: Callable[[], None] = lambda: None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        prober: StartProbe = start_probe,
+        prober: Callable[[asyncio.AbstractEventLoop], ProbeStarter] = Prober,
     ) -> None:
         self.on_change = on_change
         self._clock = clock
-        self._prober = prober
+        self._make_prober = prober
+        self._prober: ProbeStarter | None = None
         self._endpoints: dict[ProbeSpec, _Endpoint] = {}
         self._by_check: dict[_Check, ProbeSpec] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
-        self._m_results: dict[tuple[str, str], Any] = {}
+        self._slots: dict[int, list[_Endpoint]] = {}  # slot number (time // SLOT) -> who is due then
+        self._heap: list[int] = []  # the slot numbers in _slots, earliest first
+        self._tick: asyncio.TimerHandle | None = None
+        self._tick_slot: int | None = None
         self._m_latency: dict[str, Any] = {}
         self.verdicts: Mapping[ProbeSpec, ProbeVerdict] = Verdicts(self)
 
     # ---- lifecycle (a daemon component) --------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._stopped = False
+        self._running_loop()
 
     async def stop(self) -> None:
         """Cancel every timer and every probe in flight; later `apply` calls run nothing."""
@@ -119,6 +139,14 @@ class HealthChecker:
             self._drop(ep)
         self._endpoints.clear()
         self._by_check.clear()
+        if self._tick is not None:
+            self._tick.cancel()
+        self._tick = self._tick_slot = None
+        self._slots.clear()
+        self._heap.clear()
+        if self._prober is not None:
+            self._prober.close()
+            self._prober = None
 
     # ---- what the reconciler and the routers call ----------------------------------------------
 
@@ -126,7 +154,7 @@ class HealthChecker:
         """Start and stop probes (a plan's probes_start/probes_stop); everything else keeps its state."""
         if self._stopped:
             return
-        loop = self._loop = self._loop or asyncio.get_running_loop()
+        self._running_loop()
         now = self._clock()
         stop = [spec for spec in stop if spec in self._endpoints]
         retiring = {_check(spec): spec for spec in stop}
@@ -136,7 +164,7 @@ class HealthChecker:
             old = retiring.pop(_check(spec), None)
             if old is not None:  # same check, new timings: the state moves over
                 ep = self._endpoints.pop(old)
-                ep.spec = spec
+                ep.spec, ep.target = spec, prepare(spec)
                 ep.state.retune(spec.probe, now)
             else:
                 twin = self._endpoints.get(self._by_check.get(_check(spec)))  # type: ignore[arg-type]
@@ -145,11 +173,11 @@ class HealthChecker:
                     else ProbeState(spec.probe, now, stable_phase(spec))
                 )
                 ep = _Endpoint(spec, state)
-                ep.fire = functools.partial(self._fire, ep)
                 ep.done = functools.partial(self._done, ep)
             self._endpoints[spec] = ep
             self._by_check[_check(spec)] = spec
-            self._arm(ep, now, loop)
+            if not ep.state.pending:
+                self._arm(ep)
         for spec in stop:
             ep = self._endpoints.get(spec)
             if ep is not None and ep.spec == spec:
@@ -189,50 +217,73 @@ class HealthChecker:
 
     # ---- the schedule --------------------------------------------------------------------------
 
-    def _arm(self, ep: _Endpoint, now: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        if ep.timer is not None:
-            ep.timer.cancel()
-        ep.timer = (loop or self._loop).call_later(max(0.0, ep.state.next_due - now), ep.fire)  # type: ignore[union-attr]
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._prober is None:
+            self._loop = asyncio.get_running_loop()
+            self._prober = self._make_prober(self._loop)
+        return self._loop
 
-    def _fire(self, ep: _Endpoint) -> None:
-        ep.timer = None
-        if self._endpoints.get(ep.spec) is not ep or ep.state.pending:
-            return  # gone; or a probe still runs: its end arms the next
-        now = self._clock()
-        if now < ep.state.next_due - EARLY_TOLERANCE:
-            self._arm(ep, now)
+    def _arm(self, ep: _Endpoint) -> None:
+        """Wait for the next probe in the slot it is due in (rounded up: never early)."""
+        slot = math.ceil(ep.state.next_due / SLOT)
+        ep.slot = slot
+        waiting = self._slots.get(slot)
+        if waiting is not None:
+            waiting.append(ep)
             return
+        self._slots[slot] = [ep]
+        heapq.heappush(self._heap, slot)
+        if self._tick_slot is None or slot < self._tick_slot:
+            self._set_tick(slot)
+
+    def _set_tick(self, slot: int) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        self._tick_slot = slot
+        self._tick = self._loop.call_later(max(0.0, slot * SLOT - self._clock()), self._on_tick)  # type: ignore[union-attr]
+
+    def _on_tick(self) -> None:
+        self._tick = self._tick_slot = None
+        now = self._clock()
+        heap = self._heap
+        while heap and heap[0] * SLOT <= now + EARLY_TOLERANCE:
+            slot = heapq.heappop(heap)
+            for ep in self._slots.pop(slot):
+                if ep.slot == slot and self._endpoints.get(ep.spec) is ep:  # else re-armed or gone
+                    ep.slot = None
+                    self._fire(ep, now)
+        if heap and self._tick_slot is None:
+            self._set_tick(heap[0])
+
+    def _fire(self, ep: _Endpoint, now: float) -> None:
+        if ep.state.pending:
+            return  # a probe still runs: its end arms the next
         ep.state.start(now)
-        assert self._loop is not None
-        ep.run = self._prober(self._loop, ep.spec, self._clock, ep.done)
+        assert self._prober is not None
+        ep.run = self._prober.start(ep.target, self._clock, ep.done)
 
     def _done(self, ep: _Endpoint, result: ProbeResult) -> None:
         ep.run = None
         if self._endpoints.get(ep.spec) is not ep:
             return
-        now = self._clock()
-        change = ep.state.finish(result, now)
-        self._count(ep.spec, result)
-        self._arm(ep, now)
+        change = ep.state.finish(result, self._clock())
+        self._count(ep, result)
+        self._arm(ep)
         if change is not None:
             self.on_change()
 
     def _drop(self, ep: _Endpoint) -> None:
-        if ep.timer is not None:
-            ep.timer.cancel()
-            ep.timer = None
+        ep.slot = None  # its slot entry is stale now
         if ep.run is not None:
             ep.run.cancel()
             ep.run = None
 
-    def _count(self, spec: ProbeSpec, result: ProbeResult) -> None:
-        kind = probe_kind(spec.probe)
-        key = (kind, str(result.outcome))
-        counter = self._m_results.get(key)
+    def _count(self, ep: _Endpoint, result: ProbeResult) -> None:
+        counter = ep.counted.get(result.outcome)
         if counter is None:
-            counter = self._m_results[key] = metrics.probes_total.labels(*key)
+            counter = ep.counted[result.outcome] = metrics.probes_total.labels(ep.target.kind, str(result.outcome))
         counter.inc()
-        latency = self._m_latency.get(kind)
+        latency = self._m_latency.get(ep.target.kind)
         if latency is None:
-            latency = self._m_latency[kind] = metrics.probe_duration.labels(kind)
+            latency = self._m_latency[ep.target.kind] = metrics.probe_duration.labels(ep.target.kind)
         latency.observe(result.latency)

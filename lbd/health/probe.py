@@ -144,6 +144,9 @@ def describe(probe: Probe) -> str:
     )
 
 
+_PASSED = str(ProbeReason.PASSED)
+
+
 class ProbeState:
     """The probe state of one endpoint: its schedule, its runs of results, its verdict."""
 
@@ -215,7 +218,7 @@ class ProbeState:
         return anchor + (math.floor((t - anchor) / period) + 1) * period
 
     def _count(self, ok: bool, detail: str) -> Change | None:
-        before = self.verdict
+        before = (self.ready, self.reason, self.run_ok)  # no objects on the path of every probe
         if self.run_ok is ok:
             self.run += 1
         else:
@@ -223,14 +226,17 @@ class ProbeState:
         probe = self.probe
         if ok:
             if self.run >= probe.success_threshold:
-                self.ready, self.reason = True, str(ProbeReason.PASSED)
+                self.ready, self.reason = True, _PASSED
             elif not self.ready:
                 self.reason = f"{self.run} of {probe.success_threshold} successes"
         elif self.run >= probe.failure_threshold or not self.ready:
             # A not-ready endpoint stays out and shows the newest failure; a ready one leaves
             # only at the threshold.
             self.ready, self.reason = False, failed_reason(detail)
-        return self._changed(before)
+        same_failing = self.ready or (self.run_ok is False) == (before[2] is False)
+        if self.ready == before[0] and self.reason == before[1] and same_failing:
+            return None
+        return Change(ProbeVerdict(before[0], before[1], not before[0] and before[2] is False), self.verdict)
 
     def _changed(self, before: ProbeVerdict) -> Change | None:
         after = self.verdict

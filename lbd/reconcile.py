@@ -8,11 +8,11 @@ only a pass does, one at a time.
 
 A pass: allocate (off the loop: the store writes and fsyncs), assess readiness (slice
 conditions and the checker's probe verdicts), ask the ownership gate, build Desired, plan,
-execute (the plan's probes_start/probes_stop go to the checker), report readiness changes. A service whose listener cannot open (port in
-use) or whose VIP cannot be bound (no interface fits) is blocked with the reason and the pass
-plans again without it, so its half-opened listeners close and an unused VIP is released; one
-service's failure never stops the others. Blocked services are retried on the next reload and
-by the daemon tick.
+execute (the plan's probes_start/probes_stop go to the checker), report readiness changes.
+A service whose listener cannot open (port in use) or whose VIP cannot be bound (no interface
+fits) is blocked with the reason and the pass plans again without it, so its half-opened
+listeners close and an unused VIP is released; one service's failure never stops the others.
+Blocked services are retried on the next reload and by the daemon tick.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from lbd.listeners import Listeners
 from lbd.model import IPAddress, Model, Service
 from lbd.ownership import Ownership, OwnershipGate
 from lbd.plan import Desired, Plan, Running, desire, plan
-from lbd.readiness import Readiness, assess_model
+from lbd.readiness import Readiness, assess
 from lbd.relay import RelayOptions
 from lbd.status import UNSERVED_PORT_REASON, ServiceCondition, ServiceState, condition_of
 from lbd.vips import PRESENCE_ERRORS, Vips
@@ -116,7 +116,7 @@ class Reconciler:
             asyncio.get_running_loop().run_in_executor(_STORE_THREAD, self.store.load), STORE_TIMEOUT
         )
         committed = await self._allocate(model)
-        readiness = self._assess(model)
+        readiness = self._assess(model, committed.allocation)
         ownership = self._ownership(model, committed.allocation, readiness)
         # Leftovers of a crash go before anything is bound; owned ones stay (no gap in service).
         await self.vips.adopt([ip for ip, o in ownership.items() if o.owner])
@@ -198,7 +198,7 @@ class Reconciler:
             committed = await self._allocate(model)
         allocation = committed.allocation if committed is not None else self.allocation
         assert allocation is not None
-        readiness = self._assess(model)
+        readiness = self._assess(model, allocation)
         before = self.readiness
         # The target from here on, even if executing it fails half-way: the next pass retries it.
         self.model, self.allocation, self.readiness = model, allocation, readiness
@@ -225,8 +225,15 @@ class Reconciler:
         assert first is not None
         return Applied(first, failed)
 
-    def _assess(self, model: Model) -> Readiness:
-        return assess_model(model, self.node, self.health.verdicts if self.health is not None else None)
+    def _assess(self, model: Model, allocation: Allocation) -> Readiness:
+        """Readiness with the probes' verdicts for the services lbd serves (and so probes); a
+        service it does not serve (not exposed, no VIP, blocked) shows its config's view."""
+        verdicts = self.health.verdicts if self.health is not None else None
+        readiness = {}
+        for service in model.services:
+            served = service.exposed and service.key not in self.blocked and allocation.ip_of(service.key) is not None
+            readiness[service.key] = assess(service, self.node, verdicts if served else None)
+        return readiness
 
     async def _allocate(self, model: Model) -> Committed:
         """Allocate and store off the loop; a slow or failing store never stops serving."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from lbd.health.checker import HealthChecker
 from lbd.health.probe import ProbeSpec
 from lbd.listeners import Listeners
-from lbd.model import Endpoint, HTTPGetAction, Model, Probe, Service, ServicePort
+from lbd.model import Endpoint, HTTPGetAction, Model, Probe, Service, ServicePort, ServiceType
 from lbd.reconcile import Reconciler
 from lbd.relay import RelayOptions
 from lbd.vips import Vips
@@ -165,19 +165,24 @@ def test_a_reload_keeps_an_unchanged_endpoints_state_and_retunes_a_changed_probe
     asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
-def test_a_service_without_a_probe_keeps_passive_health_only() -> None:
+def test_a_service_without_a_probe_keeps_passive_health_only_and_unserved_ones_are_not_probed() -> None:
     vip_port = free_port()
     dead = socket.socket()
     dead.bind(("127.0.0.2", 0))
     dead_port = dead.getsockname()[1]  # bound, not listening: refused
     web = Service("web", ports=(ServicePort("http", vip_port, dead_port),),
                   endpoints=(Endpoint(ipaddress.ip_address("127.0.0.2")),))
+    # Not exposed: lbd neither serves nor probes it, and shows what its config says.
+    internal = Service("internal", type=ServiceType.CLUSTER_IP, ports=(ServicePort("http", 80, 8080),),
+                       endpoints=(Endpoint(ipaddress.ip_address("127.0.0.3")),),
+                       readiness_probe=Probe(HTTPGetAction(8080)))
 
     async def scenario() -> None:
         r = wired()
         await r.health.start()  # type: ignore[union-attr]
         try:
-            await r.start(Model(pools=(LOOP_POOL,), services=(web,)))
+            await r.start(Model(pools=(LOOP_POOL,), services=(web, internal)))
+            assert r.readiness["default/internal"].endpoints[0].text == "ready"
             assert targets(r) == {"127.0.0.2"}  # ready by config: nothing probes it
             assert await get("127.0.0.240", vip_port) in ("reset", "closed")
             await asyncio.sleep(0.05)

@@ -65,7 +65,10 @@ def test_status(received: bytes, code: int | None) -> None:
     assert http.status(received) == code
 
 
-@pytest.mark.parametrize("received", [b"SSH-2.0-OpenSSH_9.2\r\n", b"HTTP/2 200\r\n", b"HTTP/1.1 OK 200\r\n", b"hello", b"HTTP/1.1 " + b"9" * 5000])
+@pytest.mark.parametrize(
+    "received",
+    [b"SSH-2.0-OpenSSH_9.2\r\n", b"HTTP/2 200\r\n", b"HTTP/1.1 OK 200\r\n", b"hello", b"HTTP/1.1 " + b"9" * 5000],
+)
 def test_not_an_http_answer(received: bytes) -> None:
     with pytest.raises(http.BadResponse):
         http.status(received)

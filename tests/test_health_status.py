@@ -42,7 +42,7 @@ def test_readiness_report_logs_changes_as_events_and_keeps_the_gauge_to_live_end
 
     events = EventLog(clock=lambda: 1.0)
     report = ReadinessReport(events)
-    ready = {ProbeSpec(A, PROBE): ProbeVerdict(True, "probe passed"), ProbeSpec(B, PROBE): ProbeVerdict(True, "probe passed")}
+    ready = {ProbeSpec(a, PROBE): ProbeVerdict(True, "probe passed") for a in (A, B)}
     first = {"default/web": assess(WEB, "n", ready)}
     report.publish({}, first, {"default/web"})
     assert (gauge(str(A)), gauge(str(B))) == (1.0, 1.0) and len(events) == 0  # appearing is no change

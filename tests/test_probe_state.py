@@ -160,7 +160,8 @@ def test_after_the_first_probe_each_endpoint_keeps_its_own_grid() -> None:
 def test_phases_spread_endpoints_over_the_period() -> None:
     slots = []
     for i in range(1000):
-        state = ProbeState(Probe(HTTP, period_seconds=1), 0.0, stable_phase(ProbeSpec(ipaddress.ip_address(f"127.1.{i // 250}.{i % 250 + 1}"), Probe(HTTP))))
+        address = ipaddress.ip_address(f"127.1.{i // 250}.{i % 250 + 1}")
+        state = ProbeState(Probe(HTTP, period_seconds=1), 0.0, stable_phase(ProbeSpec(address, Probe(HTTP))))
         slots.append(int(state.next_due * 10))  # the tenth of a second it falls in
     per_tenth = [slots.count(k) for k in range(10)]
     assert min(per_tenth) > 50 and max(per_tenth) < 150

@@ -48,7 +48,6 @@ EARLY_TOLERANCE = 0.002
 FIRST_RESULTS_POLL = 0.05
 
 
-
 class ProbeStarter(Protocol):
     """What runs probes (lbd.health.prober.Prober; tests use fakes)."""
 
@@ -252,7 +251,7 @@ class HealthChecker:
                 if ep.slot == slot and self._endpoints.get(ep.spec) is ep:  # else re-armed or gone
                     ep.slot = None
                     self._fire(ep, now)
-        if heap and self._tick_slot is None:
+        if heap and (self._tick_slot is None or heap[0] < self._tick_slot):
             self._set_tick(heap[0])
 
     def _fire(self, ep: _Endpoint, now: float) -> None:

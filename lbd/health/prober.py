@@ -2,8 +2,9 @@
 
 `prepare(spec)` works out once per endpoint where to connect and what to send;
 `Prober.start` starts one probe and calls `done` exactly once with the result (from a later
-loop iteration, never from inside `start`); `ProbeRun.cancel` drops it without a result. Each probe opens its own connection and closes it after the answer, as the kubelet
-does, so nothing (no pooled connection) can hide a dead backend.
+loop iteration, never from inside `start`); `ProbeRun.cancel` drops it without a result.
+Each probe opens its own connection and closes it after the answer, as the kubelet does, so
+nothing (no pooled connection) can hide a dead backend.
 
 - tcpSocket: success once the connect completes; closed with a FIN.
 - httpGet: one HTTP/1.1 GET (lbd.health.http builds it and reads the status line); 200-399
@@ -63,6 +64,7 @@ class ProbeTarget:
 
 
 def prepare(spec: ProbeSpec) -> ProbeTarget:
+    """Everything a probe of `spec` needs, worked out once (the checker keeps it per endpoint)."""
     action = spec.probe.action
     http_get = action if isinstance(action, HTTPGetAction) else None
     return ProbeTarget(

@@ -22,7 +22,8 @@ from lbd.status import render_table
 
 HTTP_PORT = 8080  # what lbd/lab/backend.py serves
 UDP_PORT = 9001
-# nginx-demo's readinessProbe: out within PERIOD x FAILURES + the 1 s timeout, short for a demo.
+# nginx-demo's readinessProbe in DEMO_CONFIG (keep them equal): out within PERIOD x FAILURES
+# + the 1 s timeout, short for a demo.
 PROBE_PERIOD, PROBE_FAILURES = 1, 2
 
 DEMO_CONFIG = """\
@@ -35,7 +36,7 @@ services:
   - name: nginx-demo
     ports: [{{name: http, port: 80, targetPort: {http}, protocol: TCP}}]
     endpoints: [{backends}]
-    readinessProbe: {{httpGet: {{path: /health, port: {http}}}, periodSeconds: {period}, failureThreshold: {failures}}}
+    readinessProbe: {{httpGet: {{path: /health, port: {http}}}, periodSeconds: 1, failureThreshold: 2}}
   - name: nginx-sticky
     sessionAffinity: ClientIP
     sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 600}}}}
@@ -98,8 +99,7 @@ def _run(lab: Lab, started: float) -> int:
          f"MAC {lab.mac('node')}) and backends {', '.join(str(lab.ip(b)) for b in lab.backends)}")
     lab.start_backends()
     backends = ", ".join(str(lab.ip(b)) for b in lab.backends)
-    config = DEMO_CONFIG.format(first=first, last=last, backends=backends, http=HTTP_PORT, udp=UDP_PORT,
-                                period=PROBE_PERIOD, failures=PROBE_FAILURES)
+    config = DEMO_CONFIG.format(first=first, last=last, backends=backends, http=HTTP_PORT, udp=UDP_PORT)
     say("    lbd's config (pool in the lab's subnet, announced on the node's eth0):")
     for line in config.splitlines()[1:]:
         say(f"      {line}")

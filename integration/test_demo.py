@@ -22,6 +22,7 @@ def test_demo_prints_table_and_spread_and_cleans_up() -> None:
     assert "EXTERNAL-IP" in out.stdout and "nginx-demo" in out.stdout
     assert "spread: {'backend-1': 2, 'backend-2': 2, 'backend-3': 2}" in out.stdout
     assert "client errors: 0" in out.stdout
+    assert "probe failed: HTTP 503" in out.stdout and "back in rotation" in out.stdout
     assert "Demo OK" in out.stdout
     assert lab_namespaces() == before
 

@@ -67,7 +67,7 @@ def http(method, path):
 assert http("GET", "/") == (200, name + "\n"), http("GET", "/")
 assert http("GET", "/health")[0] == 200
 assert http("POST", "/fail")[0] == 200
-assert http("GET", "/health") == (500, "failing " + name + "\n")
+assert http("GET", "/health") == (503, "failing " + name + "\n")
 assert http("POST", "/recover")[0] == 200
 assert http("GET", "/health")[0] == 200
 with socket.create_connection((host, 9000), timeout=3) as s:

@@ -4,7 +4,8 @@
            -> lbd.vips (claim, announce, release) + lbd.listeners (open, update, close)
 
 Components start in order and stop in reverse: the presence (addresses and ARP), the metrics
-server, the admin API, the data plane (the reconcile task, its listeners and VIPs), the tick.
+server, the admin API, the health checker (readinessProbes), the data plane (the reconcile
+task, its listeners and VIPs), the tick.
 The tick is the daemon's heartbeat: it retries services that could not be served and will
 carry the systemd watchdog. Nothing here blocks the event loop: config parsing, state writes
 and netlink calls run in worker threads with deadlines.
@@ -31,6 +32,8 @@ from lbd.admin import AdminServer, Handler, Request
 from lbd.assignments import AssignmentStore, FileAssignmentStore
 from lbd.balancer import Target
 from lbd.config import Attempt
+from lbd.events import EventLog
+from lbd.health.checker import HealthChecker
 from lbd.listeners import Listeners
 from lbd.model import Model
 from lbd.net.presence import L2Presence, Presence
@@ -111,7 +114,9 @@ class Daemon:
         self.options = options
         self.presence = presence
         self.vips = Vips(presence)
-        self.listeners = Listeners(options.drain_timeout)
+        self.health = HealthChecker()
+        self.events = EventLog()
+        self.listeners = Listeners(options.drain_timeout, health=self.health)
         self.reconciler = Reconciler(
             node=options.node_name,
             relay=RelayOptions(connect_timeout=options.connect_timeout),
@@ -119,8 +124,11 @@ class Daemon:
             gate=gate or SingleNodeGate(),
             vips=self.vips,
             listeners=self.listeners,
+            health=self.health,
+            events=self.events,
         )
         self.notifier = Notifier()
+        self.health.on_change = self.reconciler.mark_dirty  # a verdict changed: the next pass applies it
         self.aborted = 0  # connections cut at shutdown
         self._started: list[Component] = []
         self._closing = False
@@ -138,6 +146,7 @@ class Daemon:
         if self.options.admin_socket is not None:
             admin = AdminServer(self.options.admin_socket, self._routes())
             parts.append(Component("admin", admin.start, admin.close))
+        parts.append(Component("health", self.health.start, self.health.stop))
         parts.append(Component("dataplane", lambda: self._start_dataplane(model), self._stop_dataplane))
         parts.append(Component("tick", self._start_tick, self._stop_tick))
         return parts
@@ -278,7 +287,8 @@ class Daemon:
             ejected[label] = ejected.get(label, frozenset()) | entry.router.passive.ejected(now)
             active[label] = active.get(label, 0) + entry.listener.active
         assignments = r.allocation.assignments if r.allocation is not None else {}
-        return statuses(r.model.services, assignments, StatusView(r.conditions, r.readiness, ejected, active))
+        view = StatusView(r.conditions, r.readiness, ejected, active, self.health.last_results())
+        return statuses(r.model.services, assignments, view)
 
     def _routes(self) -> dict[tuple[str, str], Handler]:
         async def get_services(request: Request) -> list[StatusDict]:
@@ -291,7 +301,14 @@ class Daemon:
         async def post_reload(request: Request) -> dict[str, Any]:
             return (await self.reload()).as_dict()
 
-        return {("GET", "/v1/services"): get_services, ("POST", "/v1/reload"): post_reload}
+        async def get_events(request: Request) -> list[dict[str, Any]]:
+            return [e.as_dict() for e in self.events.recent(request.param("service"))]
+
+        return {
+            ("GET", "/v1/services"): get_services,
+            ("POST", "/v1/reload"): post_reload,
+            ("GET", "/v1/events"): get_events,
+        }
 
 
 async def run_daemon(options: DaemonOptions) -> int:

@@ -2,9 +2,9 @@
 
 Builds a lab (a bridge as the switch, a client, the lbd node, three backends), runs lbd on the
 node with an embedded config, and shows from the client what a user sees: the VIPs, requests
-spread over the backends, ClientIP affinity, the VIP's ARP entry, a backend failing without a
-client noticing, UDP datagrams answered from the VIP. Everything is removed at the end, also on
-Ctrl-C.
+spread over the backends, ClientIP affinity, the VIP's ARP entry, a backend failing its
+readinessProbe leaving rotation and coming back, a backend dying without a client noticing, UDP
+datagrams answered from the VIP. Everything is removed at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from lbd.status import render_table
 HTTP_PORT = 8080  # what lbd/lab/backend.py serves
 UDP_PORT = 9001
 WIRE = Path(__file__).resolve().parent / "lab" / "wire.py"
+# nginx-demo's readinessProbe in DEMO_CONFIG (keep them equal): out within PERIOD x FAILURES
+# + the 1 s timeout, short for a demo.
+PROBE_PERIOD, PROBE_FAILURES = 1, 2
 
 DEMO_CONFIG = """\
 # The MetalLB tutorial's nginx-demo, in lbd's native format.
@@ -36,6 +39,7 @@ services:
   - name: nginx-demo
     ports: [{{name: http, port: 80, targetPort: {http}, protocol: TCP}}]
     endpoints: [{backends}]
+    readinessProbe: {{httpGet: {{path: /health, port: {http}}}, periodSeconds: 1, failureThreshold: 2}}
   - name: nginx-sticky
     sessionAffinity: ClientIP
     sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 600}}}}
@@ -67,6 +71,21 @@ def udp_replies(lab: Lab, vip: str, port: int, count: int) -> list[tuple[str, st
                               "--new-socket"], timeout=30)
     replies = [json.loads(line) for line in out.stdout.splitlines()]
     return [(f"{r['source'][0]}:{r['source'][1]}", r["first"]) for r in replies if not r.get("timeout")]
+
+
+def endpoint(node: LbdNode, service: str, address: str) -> dict[str, object]:
+    (row,) = [r for r in node.services() if r["name"] == service]
+    return next(e for e in row["endpoints"] if e["address"] == address)
+
+
+def wait_ready(node: LbdNode, service: str, address: str, ready: bool, seconds: float) -> float | None:
+    """Seconds until the endpoint's readiness is `ready`, or None if not within `seconds`."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if endpoint(node, service, address)["ready"] is ready:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
 
 
 def main() -> int:
@@ -126,26 +145,44 @@ def _run(lab: Lab, started: float) -> int:
     udp_ok = len(udp) == 4 and {s for s, _ in udp} == {f"{vips['echo-udp']}:5353"} and len({n for _, n in udp}) > 1
     say("    every reply comes from the VIP (a connected socket accepts nothing else), round-robin per flow")
 
+    sick = lab.backends[2]
+    sick_ip = str(lab.ip(sick))
+    window = PROBE_PERIOD * PROBE_FAILURES + 1
+    step(f"{sick}'s /health starts answering 503; nginx-demo's readinessProbe takes it out (within {window} s)")
+    lab.exec("client", ["curl", "-s", "-X", "POST", "--max-time", "3", f"http://{sick_ip}:{HTTP_PORT}/fail"])
+    left = wait_ready(node, "nginx-demo", sick_ip, False, window + 2)
+    out = endpoint(node, "nginx-demo", sick_ip)
+    say(f"    out of rotation after {left:.1f} s: {out['reason']}" if left is not None else "    still in rotation!")
+    during = [curl(lab, f"http://{vips['nginx-demo']}/") for _ in range(4)]
+    say(f"    4 requests: {', '.join(during)}")
+    lab.exec("client", ["curl", "-s", "-X", "POST", "--max-time", "3", f"http://{sick_ip}:{HTTP_PORT}/recover"])
+    back = wait_ready(node, "nginx-demo", sick_ip, True, PROBE_PERIOD + 2)
+    say(f"    /health passes again: back in rotation after {back:.1f} s" if back is not None else "    not back!")
+    healed = [curl(lab, f"http://{vips['nginx-demo']}/") for _ in range(3)]
+    say(f"    3 requests: {', '.join(healed)}")
+    probe_ok = left is not None and back is not None and sick not in during and sick in healed
+
     victim = lab.backends[1]
-    step(f"{victim} dies; lbd notices the refused connection and retries another backend")
+    step(f"{victim} dies; lbd notices the refused connection, retries another backend, takes it out")
     lab.stop(lab.backend_processes[victim])
     after = [curl(lab, f"http://{vips['nginx-demo']}/") for _ in range(6)]
     for i, answer in enumerate(after, 1):
         say(f"    request {i}: {answer}")
     errors = sum(a.startswith("ERROR") for a in after)
     say(f"    client errors: {errors}; {victim} answered {sum(a == victim for a in after)} of 6")
-    say("    $ lbd get services   (the refused endpoint is out of rotation: passive health check)")
+    say(f"    $ lbd get services   ({victim}: {endpoint(node, 'nginx-demo', str(lab.ip(victim)))['reason']}; "
+        "its next passing probe brings it back)")
     for line in render_table(node.services()).splitlines():
         say(f"    {line}")
 
     step("SIGTERM: lbd stops accepting, drains, removes its VIPs and exits")
     code = node.stop()
-    left = [a["local"] for a in lab.addresses("node") if a.get("local") in vips.values()]
-    say(f"    lbd exited with {code}; VIPs still on the node: {left or 'none'}")
+    vips_left = [a["local"] for a in lab.addresses("node") if a.get("local") in vips.values()]
+    say(f"    lbd exited with {code}; VIPs still on the node: {vips_left or 'none'}")
 
     ok = (
-        code == 0 and not left and len(spread) == 3 and len(set(sticky)) == 1 and errors == 0
-        and victim not in after and mac == lab.mac("node") and udp_ok
+        code == 0 and not vips_left and len(spread) == 3 and len(set(sticky)) == 1 and errors == 0
+        and victim not in after and mac == lab.mac("node") and probe_ok and udp_ok
     )
     step(f"Tearing the lab down. Demo {'OK' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s.")
     return 0 if ok else 1

@@ -1,8 +1,9 @@
 """The running listeners, by (protocol, VIP, port): open, update in place, close and drain.
 
 The registry maps a protocol to its listener (TCP and UDP); a protocol with no entry is not
-relayed (the plan leaves its ports out and the status says why). Each
-listener gets a ServiceRouter (balancer + passive health) built from its ListenerSpec. A
+relayed (the plan leaves its ports out and the status says why). Each listener gets a
+ServiceRouter (balancer + passive health) built from its ListenerSpec; for a service with a
+readinessProbe its failed connects (and ICMP refusals, for UDP) also go to the health checker. A
 closed listener stops accepting at once and drains in the background; its drain is kept
 per VIP so the VIP lifecycle can wait for it before removing the address.
 """
@@ -10,20 +11,23 @@ per VIP so the VIP lifecycle can wait for it before removing the address.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol as Interface
 
 import structlog
 
-from lbd.balancer import Balancer
+from lbd.balancer import Balancer, Target
 from lbd.health.passive import PassiveHealth
-from lbd.model import IPAddress, Protocol
+from lbd.health.probe import ProbeSpec, passive_reason
+from lbd.model import IPAddress, Probe, Protocol
 from lbd.plan import ListenerChange, ListenerKey, ListenerSpec
-from lbd.relay import TcpOptions, UdpOptions
+from lbd.relay import Failure, TcpOptions, UdpOptions
 from lbd.relay.listener import Listener
 from lbd.relay.tcp import TcpListener
 from lbd.relay.udp import UdpListener
-from lbd.routing import ServiceRouter
+from lbd.routing import ProbeFailure, ServiceRouter
 
 log = structlog.get_logger("lbd.listeners")
 
@@ -53,6 +57,12 @@ class OpenListener:
     router: ServiceRouter
 
 
+class PassiveFailures(Interface):
+    """Where failed connects of services with a readinessProbe go (lbd.health.checker)."""
+
+    def passive_failure(self, spec: ProbeSpec, reason: str) -> None: ...
+
+
 def _router(spec: ListenerSpec) -> ServiceRouter:
     balancer = Balancer(spec.balancer.affinity, spec.balancer.timeout_seconds)
     router = ServiceRouter(balancer, PassiveHealth(), service=spec.service, port=spec.port_name)
@@ -60,12 +70,29 @@ def _router(spec: ListenerSpec) -> ServiceRouter:
     return router
 
 
+def probe_reporter(health: PassiveFailures | None, probe: Probe | None) -> ProbeFailure | None:
+    """A router's `probe_failed`: a failed connect to a target is a failed probe of its endpoint."""
+    if health is None or probe is None:
+        return None
+
+    def report(target: Target, failure: Failure) -> None:
+        health.passive_failure(ProbeSpec(ipaddress.ip_address(target[0]), probe), passive_reason(str(failure)))
+
+    return report
+
+
 class Listeners:
     """Every open listener; the executor of a plan calls open, update and close."""
 
-    def __init__(self, drain_timeout: float, kinds: Mapping[Protocol, ListenerFactory] = LISTENER_KINDS) -> None:
+    def __init__(
+        self,
+        drain_timeout: float,
+        kinds: Mapping[Protocol, ListenerFactory] = LISTENER_KINDS,
+        health: PassiveFailures | None = None,
+    ) -> None:
         self.drain_timeout = drain_timeout
         self.kinds = kinds
+        self.health = health
         self.running: dict[ListenerKey, OpenListener] = {}
         self._draining: set[Listener] = set()
         self._drains: dict[IPAddress, set[asyncio.Task[int]]] = {}
@@ -79,6 +106,7 @@ class Listeners:
     async def open(self, spec: ListenerSpec) -> None:
         """Bind and listen; raises OSError (e.g. the port is in use) and leaves nothing behind."""
         router = _router(spec)
+        router.probe_failed = probe_reporter(self.health, spec.probe)
         listener = self.kinds[spec.key.protocol](spec, router)
         await listener.start()
         self.running[spec.key] = OpenListener(spec, listener, router)
@@ -101,6 +129,8 @@ class Listeners:
         if change.renamed:
             entry.listener.rename(spec.port_name)
             entry.router.port = spec.port_name
+        if spec.probe != entry.spec.probe:
+            entry.router.probe_failed = probe_reporter(self.health, spec.probe)
         entry.spec = spec
 
     def close(self, key: ListenerKey) -> None:

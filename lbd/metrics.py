@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -69,6 +69,27 @@ udp_drops_total = Counter(
     "lbd_udp_drops_total",
     "UDP datagrams dropped: no_endpoint, would_block, flow_evicted, too_large, local_error",
     ["service", "port", "reason"],
+    registry=REGISTRY,
+)
+
+# Active health checks (lbd.health): readiness by endpoint, probes by result, probe latency.
+endpoint_ready = Gauge(
+    "lbd_endpoint_ready",
+    "1 when the endpoint is in its service's ready set (gets new connections), else 0",
+    ["service", "endpoint"],
+    registry=REGISTRY,
+)
+probes_total = Counter(
+    "lbd_probes_total",
+    "readinessProbe runs by kind (http, https, tcp) and result (success, failure, timeout, refused, error)",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
+probe_duration = Histogram(
+    "lbd_probe_duration_seconds",
+    "readinessProbe latency, from connect to the answer (or the timeout)",
+    ["kind"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
 

@@ -134,6 +134,8 @@ class HTTPGetAction:
 @dataclass(frozen=True, slots=True)
 class TCPSocketAction:
     port: int
+    # "exec" or "grpc": the probe lbd cannot run from outside, checked as a TCP connect instead.
+    stands_in_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from lbd.allocator import Allocation
 from lbd.balancer import Target
+from lbd.health.probe import ProbeSpec
 from lbd.model import IPAddress, Model, Probe, Protocol, Service, SessionAffinity
 from lbd.ownership import Ownership
 from lbd.readiness import Readiness, ServiceReadiness
@@ -64,6 +65,7 @@ class ListenerSpec:
     options: RelayOptions
     targets: tuple[Target, ...]
     tuning: Tuning | None = None  # the protocol's own settings (UDP: flow timeout and cap)
+    probe: Probe | None = None  # the service's readinessProbe: a failed connect then counts as a failed probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +77,6 @@ class ListenerChange:
     balancer: bool = False
     options: bool = False
     renamed: bool = False  # the port's name (its log and metric label) changed
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeSpec:
-    """One endpoint's readinessProbe, as the health checker runs it (one per endpoint and probe)."""
-
-    address: IPAddress
-    probe: Probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +190,8 @@ def desire(
                 else None
             )
             listeners[key] = ListenerSpec(
-                key, service.key, port.name or str(port.port), balancer, options, verdicts.targets(port), tuning
+                key, service.key, port.name or str(port.port), balancer, options, verdicts.targets(port), tuning,
+                service.readiness_probe,
             )
         if service.readiness_probe is not None:
             probes.update(ProbeSpec(ep.address, service.readiness_probe) for ep in service.endpoints)

@@ -2,15 +2,17 @@
 the next plan (lbd.plan) and executes it.
 
 Sources of change: a reload (a new model), the daemon tick (retrying services that could not
-be served), and later probe results, lease events, operator drain and interface changes. They
-never touch listeners or VIPs themselves; only `reconcile_once` does, one pass at a time.
+be served), probe verdicts (the health checker marks the state dirty), and later lease
+events, operator drain and interface changes. They never touch listeners or VIPs themselves;
+only a pass does, one at a time.
 
-A pass: allocate (off the loop: the store writes and fsyncs), assess readiness, ask the
-ownership gate, build Desired, plan, execute. A service whose listener cannot open (port in
-use) or whose VIP cannot be bound (no interface fits) is blocked with the reason and the pass
-plans again without it, so its half-opened listeners close and an unused VIP is released; one
-service's failure never stops the others. Blocked services are retried on the next reload and
-by the daemon tick.
+A pass: allocate (off the loop: the store writes and fsyncs), assess readiness (slice
+conditions and the checker's probe verdicts), ask the ownership gate, build Desired, plan,
+execute (the plan's probes_start/probes_stop go to the checker), report readiness changes.
+A service whose listener cannot open (port in use) or whose VIP cannot be bound (no interface
+fits) is blocked with the reason and the pass plans again without it, so its half-opened
+listeners close and an unused VIP is released; one service's failure never stops the others.
+Blocked services are retried on the next reload and by the daemon tick.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ import structlog
 from lbd import metrics
 from lbd.allocator import Allocation, allocate, usable_addresses
 from lbd.assignments import AssignmentStore, Committed, Stored, allocate_and_commit
+from lbd.events import EventLog
+from lbd.health.checker import HealthChecker
+from lbd.health.probe import FIRST_PROBE_SPREAD
+from lbd.health.report import ReadinessReport
 from lbd.listeners import Listeners
 from lbd.model import IPAddress, Model, Service
 from lbd.ownership import Ownership, OwnershipGate
 from lbd.plan import Desired, Plan, Running, desire, plan
-from lbd.readiness import Readiness, assess_model
+from lbd.readiness import Readiness, assess
 from lbd.relay import RelayOptions
 from lbd.status import UNSERVED_PORT_REASON, ServiceCondition, ServiceState, condition_of
 from lbd.vips import PRESENCE_ERRORS, Vips
@@ -43,6 +49,9 @@ log = structlog.get_logger("lbd.reconcile")
 STORE_TIMEOUT = 10.0
 # Seconds shutdown waits for a pass under way (netlink calls have their own 5 s deadlines).
 STOP_PASS_TIMEOUT = 10.0
+# Seconds start-up waits for the first probe of every endpoint before serving: first probes
+# are spread over FIRST_PROBE_SPREAD (1 s) and the default probe timeout is 1 s more.
+FIRST_PROBES_WAIT = FIRST_PROBE_SPREAD + 1.5
 # Store reads and writes run one at a time, in order, on their own thread: a write that
 # outlived its deadline can never land after a newer one.
 _STORE_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -72,6 +81,8 @@ class Reconciler:
         gate: OwnershipGate,
         vips: Vips,
         listeners: Listeners,
+        health: HealthChecker | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self.node = node
         self.relay = relay
@@ -79,6 +90,9 @@ class Reconciler:
         self.gate = gate
         self.vips = vips
         self.listeners = listeners
+        self.health = health  # None: probes are not run and the config's conditions decide alone
+        self.events = events or EventLog()
+        self.readiness_report = ReadinessReport(self.events)
         self.model = Model()
         self.allocation: Allocation | None = None
         self.readiness: Readiness = {}
@@ -102,10 +116,20 @@ class Reconciler:
             asyncio.get_running_loop().run_in_executor(_STORE_THREAD, self.store.load), STORE_TIMEOUT
         )
         committed = await self._allocate(model)
-        readiness = assess_model(model, self.node)
+        readiness = self._assess(model, committed.allocation)
         ownership = self._ownership(model, committed.allocation, readiness)
         # Leftovers of a crash go before anything is bound; owned ones stay (no gap in service).
         await self.vips.adopt([ip for ip, o in ownership.items() if o.owner])
+        if self.health is not None:
+            # Probe first, serve then: an endpoint is out until its first success, and without
+            # this a restart would reset the clients of healthy endpoints for about a second.
+            probes = self._desire(model, committed.allocation, readiness).probes
+            if probes:
+                self.health.apply(probes, ())
+                started = asyncio.get_running_loop().time()
+                waiting = await self.health.first_results(probes, FIRST_PROBES_WAIT)
+                log.info("first_probes", probes=len(probes), unanswered=waiting,
+                         seconds=round(asyncio.get_running_loop().time() - started, 3))
         applied = await self._pass(model, committed)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="reconcile")
         return applied
@@ -174,7 +198,8 @@ class Reconciler:
             committed = await self._allocate(model)
         allocation = committed.allocation if committed is not None else self.allocation
         assert allocation is not None
-        readiness = assess_model(model, self.node)
+        readiness = self._assess(model, allocation)
+        before = self.readiness
         # The target from here on, even if executing it fails half-way: the next pass retries it.
         self.model, self.allocation, self.readiness = model, allocation, readiness
         self.vips.set_interfaces(model.interfaces)
@@ -196,8 +221,19 @@ class Reconciler:
             self.blocked.update(newly)
             desired = self._desire(model, allocation, readiness)
         self._report(desired)
+        self.readiness_report.publish(before, readiness, {spec.service for spec in desired.listeners.values()})
         assert first is not None
         return Applied(first, failed)
+
+    def _assess(self, model: Model, allocation: Allocation) -> Readiness:
+        """Readiness with the probes' verdicts for the services lbd serves (and so probes); a
+        service it does not serve (not exposed, no VIP, blocked) shows its config's view."""
+        verdicts = self.health.verdicts if self.health is not None else None
+        readiness = {}
+        for service in model.services:
+            served = service.exposed and service.key not in self.blocked and allocation.ip_of(service.key) is not None
+            readiness[service.key] = assess(service, self.node, verdicts if served else None)
+        return readiness
 
     async def _allocate(self, model: Model) -> Committed:
         """Allocate and store off the loop; a slow or failing store never stops serving."""
@@ -252,6 +288,8 @@ class Reconciler:
     async def _execute(self, steps: Plan) -> dict[str, str]:
         """Carry out a plan in its order; returns services that newly failed, with the reason."""
         failed: dict[str, str] = {}
+        if self.health is not None:  # first: it cannot fail, so `running.probes` is always true
+            self.health.apply(steps.probes_start, steps.probes_stop)
         for key in steps.close:
             self.listeners.close(key)
         for spec in steps.open:
@@ -291,8 +329,7 @@ class Reconciler:
             listeners=self.listeners.specs(),
             vips=self.vips.held(),
             announced=self.vips.announced(),
-            # Handed to the health checker when it lands; nothing runs probes yet.
-            probes=desired.probes,
+            probes=desired.probes,  # handed to the health checker first thing in _execute
         )
 
     def _report(self, desired: Desired) -> None:

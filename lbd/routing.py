@@ -17,10 +17,20 @@ from lbd.relay import Failure
 log = structlog.get_logger("lbd.routing")
 
 
-class ServiceRouter:
-    """Picks targets for one service port: balancer order, minus tried and passively-ejected targets."""
+# Told of every failed connect of a service with a readinessProbe (the health checker counts
+# it as a failed probe at once).
+ProbeFailure = Callable[[Target, Failure], None]
 
-    __slots__ = ("balancer", "passive", "service", "port", "generation", "_clock")
+
+class ServiceRouter:
+    """Picks targets for one service port: balancer order, minus tried and passively-ejected targets.
+
+    With `probe_failed` set (the service has a readinessProbe) a failed connect is also a failed
+    probe: the endpoint leaves the ready set until a probe passes again. Without it, passive
+    ejection alone steers traffic away, as before.
+    """
+
+    __slots__ = ("balancer", "passive", "service", "port", "probe_failed", "generation", "_clock")
 
     def __init__(
         self,
@@ -34,6 +44,7 @@ class ServiceRouter:
         self.passive = passive
         self.service = service
         self.port = port
+        self.probe_failed: ProbeFailure | None = None
         self.generation = 0  # bumped when the ready set may have changed (UDP flows re-check then)
         self._clock = clock
 
@@ -59,6 +70,8 @@ class ServiceRouter:
         return target
 
     def failed(self, target: Target, failure: Failure) -> None:
+        if self.probe_failed is not None:
+            self.probe_failed(target, failure)
         ejection = self.passive.failed(target, self._clock(), str(failure))
         if ejection is not None:
             log.warning(

@@ -16,6 +16,7 @@ from typing import Any
 
 from lbd.allocator import Assignment
 from lbd.balancer import Target
+from lbd.health.probe import ProbeResult, ProbeSpec, describe
 from lbd.model import IPAddress, Protocol, Service, ServicePort
 from lbd.ownership import Ownership
 from lbd.readiness import ServiceReadiness, assess
@@ -80,6 +81,8 @@ class StatusView:
     ejected: Mapping[tuple[str, str], frozenset[Target]] = field(default_factory=dict)
     # (service key, port name) -> connections (TCP) or flows (UDP) open now.
     active: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # The newest result of each running probe (the health checker's).
+    probe_results: Mapping[ProbeSpec, ProbeResult] = field(default_factory=dict)
 
 
 def service_status(
@@ -89,10 +92,13 @@ def service_status(
     readiness: ServiceReadiness,
     ejected: Mapping[tuple[str, str], frozenset[Target]] | None = None,
     active: Mapping[tuple[str, str], int] | None = None,
+    probe_results: Mapping[ProbeSpec, ProbeResult] | None = None,
 ) -> StatusDict:
     """One service as the admin API and `-o json` show it."""
     ejected = ejected or {}
     active = active or {}
+    probe_results = probe_results or {}
+    probe = service.readiness_probe
     unserved = set(condition.unserved_ports)
     ports = [
         {
@@ -113,16 +119,25 @@ def service_status(
     for verdict in readiness.endpoints:
         ep = verdict.endpoint
         out_on = [p.name or str(p.port) for p in service.ports if _target(ep, p) in ejected.get((service.key, p.name or str(p.port)), ())]
+        soft_ejected = verdict.ready and bool(out_on)
+        last = probe_results.get(ProbeSpec(ep.address, probe)) if probe is not None else None
         endpoints.append(
             {
                 "address": str(ep.address),
                 "port": ep.target_port(first_port) if first_port else ep.port,
                 "ready": verdict.ready and not out_on,
-                "reason": "Ejected" if verdict.ready and out_on else str(verdict.reason),
+                # In words (`probe failed: HTTP 503`, `slice not ready`); `code` is the same as a word.
+                "reason": f"ejected after failed connects on {', '.join(out_on)}" if soft_ejected else verdict.text,
+                "code": "Ejected" if soft_ejected else str(verdict.reason),
                 "ejectedOn": out_on,
                 "serving": ep.serving,
                 "terminating": ep.terminating,
                 "nodeName": ep.node_name,
+                "lastProbe": None if last is None else {
+                    "result": str(last.outcome),
+                    "detail": last.detail,
+                    "latencyMs": round(last.latency * 1000, 3),
+                },
             }
         )
     shown_ip = condition.ip if condition.state is not ServiceState.FAILED else None
@@ -138,6 +153,7 @@ def service_status(
         "note": condition.reason if condition.state is ServiceState.NOT_EXPOSED else None,
         "sessionAffinity": str(service.session_affinity),
         "externalTrafficPolicy": str(service.external_traffic_policy),
+        "readinessProbe": describe(probe) if probe is not None else None,
         "ports": ports,
         "endpoints": endpoints,
     }
@@ -153,7 +169,9 @@ def statuses(services: Iterable[Service], assignments: Mapping[str, Assignment],
         assignment = assignments.get(service.key)
         condition = view.conditions.get(service.key) or condition_of(service, assignment)
         readiness = view.readiness.get(service.key) or assess(service, node="")
-        rows.append(service_status(service, assignment, condition, readiness, view.ejected, view.active))
+        rows.append(
+            service_status(service, assignment, condition, readiness, view.ejected, view.active, view.probe_results)
+        )
     return rows
 
 
@@ -208,4 +226,7 @@ def render_table(rows: list[StatusDict]) -> str:
         elif r.get("state") == ServiceState.SERVING and not all(p.get("served", True) for p in r["ports"]):
             unserved = ", ".join(f"{p['port']}/{p['protocol']}" for p in r["ports"] if not p.get("served", True))
             out.append(f"{key}: {unserved} not served: {UNSERVED_PORT_REASON}")
+    for r in rows:
+        if r.get("readinessProbe"):
+            out.append(f"{r['namespace']}/{r['name']}: readiness {r['readinessProbe']}")
     return "\n".join(out)

@@ -64,3 +64,20 @@ def test_pending_service_shows_reason(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "<pending>" in out.stdout
     assert "default/b: <pending>:" in out.stdout
+
+
+def test_check_shows_each_probe_and_warns_that_exec_becomes_a_tcp_connect(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "pools:\n  - name: p\n    addresses: [10.1.0.0/28]\n"
+        "services:\n"
+        "  - name: web\n    ports: [{port: 80, targetPort: 8080}]\n    endpoints: [10.0.0.1]\n"
+        "    readinessProbe: {httpGet: {path: /health, port: 8080}, periodSeconds: 5}\n"
+        "  - name: db\n    ports: [{port: 5432}]\n    endpoints: [10.0.0.2]\n"
+        "    readinessProbe: {exec: {command: [pg_isready]}}\n"
+    )
+    out = lbd("check", "--config", str(cfg), tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "default/web: readiness http-get http://:8080/health delay=0s timeout=1s period=5s" in out.stdout
+    assert "default/db: readiness tcp-socket :5432 (for the exec probe lbd cannot run)" in out.stdout
+    assert "warning:" in out.stderr and "exec probes cannot run from a load balancer" in out.stderr

@@ -540,7 +540,7 @@ def test_tcp_probe_with_named_port_from_another_container(config_file):
     assert load([path]).model.service("default/db").readiness_probe == Probe(TCPSocketAction(5432))
 
 
-def test_exec_probe_in_a_workload_is_a_warning(config_file):
+def test_exec_probe_in_a_workload_warns_and_falls_back_to_a_tcp_connect_on_the_target_port(config_file):
     path = config_file("""
         apiVersion: apps/v1
         kind: Deployment
@@ -559,11 +559,38 @@ def test_exec_probe_in_a_workload_is_a_warning(config_file):
         spec: {selector: {app: db}, ports: [{port: 5432}]}
     """)
     loaded = load([path])
-    assert loaded.model.service("default/db").readiness_probe is None
+    assert loaded.model.service("default/db").readiness_probe == Probe(TCPSocketAction(5432, "exec"))
     (warning,) = loaded.warnings
     assert warning.obj == "Deployment default/db"
     assert warning.field == "spec.template.spec.containers[0].readinessProbe.exec"
-    assert "exec probes are not supported by lbd" in warning.message
+    assert "exec probes cannot run from a load balancer" in warning.message
+    assert "TCP connect to the service's first targetPort" in warning.message
+
+
+def test_grpc_probe_in_a_workload_warns_and_falls_back_to_a_tcp_connect_on_its_port(config_file):
+    path = config_file("""
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: api}
+        spec:
+          template:
+            metadata: {labels: {app: api}}
+            spec:
+              containers:
+                - name: api
+                  ports: [{name: grpc, containerPort: 9090}]
+                  readinessProbe: {grpc: {port: 9091, service: health}, periodSeconds: 2}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: api}
+        spec: {selector: {app: api}, ports: [{port: 80, targetPort: grpc}]}
+    """)
+    loaded = load([path])
+    assert loaded.model.service("default/api").readiness_probe == Probe(TCPSocketAction(9091, "grpc"), period_seconds=2)
+    (warning,) = loaded.warnings
+    assert warning.field == "spec.template.spec.containers[0].readinessProbe.grpc"
+    assert "TCP connect to port 9091 instead" in warning.message
 
 
 def test_endpointslice_without_service_label_or_service_warns(config_file):

@@ -769,11 +769,12 @@ def test_duplicate_endpoints(config_file):
     ("probe", "field", "message"),
     [
         ("{periodSeconds: 5}", "services[0].readinessProbe",
-         "a probe needs exactly one of httpGet or tcpSocket (found none)"),
+         "a probe needs exactly one of httpGet, tcpSocket, grpc or exec (found none)"),
         ("{httpGet: {port: 80}, tcpSocket: {port: 80}}", "services[0].readinessProbe",
-         "a probe needs exactly one of httpGet or tcpSocket (found httpGet, tcpSocket)"),
-        ("{exec: {command: [true]}}", "services[0].readinessProbe.exec",
-         "exec probes are not supported by lbd; use httpGet or tcpSocket"),
+         "a probe needs exactly one of httpGet, tcpSocket, grpc or exec (found httpGet, tcpSocket)"),
+        ("{httpGet: {port: 80, httpHeaders: [{name: X-A, value: \"a\\r\\nHost: evil\"}]}}",
+         "services[0].readinessProbe.httpGet.httpHeaders[0].value", "a header value cannot hold a line break or NUL"),
+        ("{grpc: {}}", "services[0].readinessProbe.grpc.port", "required field is missing"),
         ("{httpGet: {path: /}}", "services[0].readinessProbe.httpGet.port", "required field is missing"),
         ("{httpGet: {port: metrics}}", "services[0].readinessProbe.httpGet.port",
          "named port 'metrics' is not resolved: no port of this service has that name "
@@ -794,6 +795,25 @@ def test_probe_errors(config_file, probe, field, message):
     path = config_file(f"services: [{{name: web, ports: [{{name: http, port: 80}}], readinessProbe: {probe}}}]")
     error = only(errors_of(path))
     assert (error.obj, error.field, error.message) == ("Service default/web", field, message)
+
+
+def test_exec_and_grpc_probes_warn_and_become_tcp_connects(config_file):
+    from lbd.config import load
+    from lbd.model import Probe, TCPSocketAction
+
+    path = config_file("""
+        services:
+          - name: db
+            ports: [{name: pg, port: 5432, targetPort: 15432}, {name: admin, port: 8080}]
+            readinessProbe: {exec: {command: [pg_isready]}, periodSeconds: 3}
+          - name: api
+            ports: [{name: grpc, port: 9090}]
+            readinessProbe: {grpc: {port: grpc}}
+    """)
+    loaded = load([path])
+    assert loaded.model.service("default/db").readiness_probe == Probe(TCPSocketAction(15432, "exec"), period_seconds=3)
+    assert loaded.model.service("default/api").readiness_probe == Probe(TCPSocketAction(9090, "grpc"))
+    assert [w.field for w in loaded.warnings] == ["services[0].readinessProbe.exec", "services[1].readinessProbe.grpc"]
 
 
 def test_named_probe_port_in_a_workload_must_resolve(config_file):

@@ -192,3 +192,7 @@ def test_no_hard_coded_address_outside_the_lab_ranges_and_loopback() -> None:
         if not allowed(address)
     ]
     assert offending == [], "addresses outside 198.18.0.0/15, 2001:db8::/32 and loopback:\n" + "\n".join(offending)
+
+
+def test_demo_probe_constants_match_its_config() -> None:
+    assert f"periodSeconds: {demo.PROBE_PERIOD}, failureThreshold: {demo.PROBE_FAILURES}" in demo.DEMO_CONFIG

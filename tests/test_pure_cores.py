@@ -21,6 +21,8 @@ PURE = [
     "status.py",
     "health/passive.py",
     "relay/flows.py",
+    "health/probe.py",
+    "health/http.py",
     "net/ethernet.py",
     "net/arp.py",
     "net/ndp.py",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
-from lbd.model import Endpoint, Model, Service, ServicePort, TrafficPolicy
-from lbd.readiness import EndpointReason, assess, assess_model
+from lbd.health.probe import ProbeSpec, ProbeVerdict
+from lbd.model import Endpoint, HTTPGetAction, Model, Probe, Service, ServicePort, TrafficPolicy
+from lbd.readiness import EndpointReason, ReadinessChange, assess, assess_model, changes
 
 HTTP = ServicePort("http", 80, 8080)
 METRICS = ServicePort("metrics", 9100, 9100)
@@ -89,3 +91,68 @@ def test_assess_model_covers_every_service() -> None:
     result = assess_model(model, "node-a")
     assert set(result) == {"default/web", "default/db"}
     assert result["default/db"].targets(HTTP) == ()
+
+
+# ---- active probe verdicts ---------------------------------------------------------------------
+
+PROBE = Probe(HTTPGetAction(8080, "/health"))
+PASSED = ProbeVerdict(True, "probe passed")
+FAILED = ProbeVerdict(False, "probe failed: HTTP 503", failing=True)
+
+
+def probed(*endpoints: Endpoint) -> Service:
+    return dataclasses.replace(svc(*endpoints), readiness_probe=PROBE)
+
+
+def verdicts(**by_last: ProbeVerdict) -> dict[ProbeSpec, ProbeVerdict]:
+    return {ProbeSpec(ipaddress.ip_address(f"198.18.0.{k[1:]}"), PROBE): v for k, v in by_last.items()}
+
+
+def test_a_probed_endpoint_is_ready_only_when_its_probe_passes() -> None:
+    readiness = assess(probed(ep(11), ep(12), ep(13)), "node-a", verdicts(e11=PASSED, e12=FAILED))
+    assert [(s.reason, s.text) for s in readiness.endpoints] == [
+        (EndpointReason.READY, "probe passed"),
+        (EndpointReason.PROBE_FAILED, "probe failed: HTTP 503"),
+        (EndpointReason.PROBE_PENDING, "no probe result yet"),  # no state yet: waiting for its first probe
+    ]
+    assert readiness.targets(HTTP) == (("198.18.0.11", 8080),)
+
+
+def test_waiting_reasons_initial_delay_and_successes_so_far() -> None:
+    delayed = dataclasses.replace(probed(ep(11)), readiness_probe=Probe(PROBE.action, initial_delay_seconds=5))
+    assert assess(delayed, "n", {}).endpoints[0].text == "initial delay"
+    halfway = ProbeVerdict(False, "1 of 2 successes")
+    status = assess(probed(ep(11)), "n", verdicts(e11=halfway)).endpoints[0]
+    assert (status.reason, status.text) == (EndpointReason.PROBE_PENDING, "1 of 2 successes")
+
+
+def test_slice_not_ready_wins_over_a_passing_probe() -> None:
+    status = assess(probed(ep(11, ready=False, serving=False)), "n", verdicts(e11=PASSED)).endpoints[0]
+    assert (status.reason, status.text) == (EndpointReason.NOT_READY, "slice not ready")
+
+
+def test_without_verdicts_nothing_runs_probes_and_the_config_decides() -> None:
+    assert reasons(probed(ep(11))) == [EndpointReason.READY]  # `lbd check`
+
+
+def test_terminating_fallback_only_while_no_endpoint_passes_its_probe() -> None:
+    service = probed(ep(11), ep(12, ready=False, serving=True, terminating=True))
+    # The ready endpoint fails its probe: the serving terminating one takes over...
+    fallback = assess(service, "n", verdicts(e11=FAILED, e12=PASSED))
+    assert [s.reason for s in fallback.endpoints] == [EndpointReason.PROBE_FAILED, EndpointReason.SERVING_TERMINATING]
+    # ...until the ready one passes again.
+    back = assess(service, "n", verdicts(e11=PASSED, e12=PASSED))
+    assert [s.reason for s in back.endpoints] == [EndpointReason.READY, EndpointReason.TERMINATING]
+    # A terminating endpoint that fails its own probe is no fallback.
+    none = assess(service, "n", verdicts(e11=FAILED, e12=FAILED))
+    assert none.targets(HTTP) == () and none.endpoints[1].reason is EndpointReason.TERMINATING
+
+
+def test_changes_report_flips_and_new_reasons_not_appearances() -> None:
+    before = {"default/web": assess(probed(ep(11), ep(12)), "n", verdicts(e11=PASSED, e12=PASSED))}
+    after = {"default/web": assess(probed(ep(11), ep(12), ep(13)), "n", verdicts(e11=FAILED, e12=PASSED))}
+    assert changes(before, after) == [ReadinessChange("default/web", "198.18.0.11", False, "probe failed: HTTP 503", True)]
+    refused = ProbeVerdict(False, "connect refused", failing=True)
+    later = {"default/web": assess(probed(ep(11), ep(12)), "n", verdicts(e11=refused, e12=PASSED))}
+    assert [c.reason for c in changes(after, later)] == ["connect refused"]
+    assert changes(later, later) == [] and changes({}, later) == []

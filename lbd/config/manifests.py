@@ -388,7 +388,7 @@ class ManifestSet:
 
                 probe = probes.probe(
                     c.get("readinessProbe"), c.at("readinessProbe"), resolve,
-                    "no container port has that name", ignored=PROBE_IGNORED, unsupported_is_error=False,
+                    "no container port has that name", ignored=PROBE_IGNORED,
                 )
             containers.append(Container(ports, probe))
         self.workloads.append(Workload(here.obj or kind, meta.namespace, labels, tuple(containers)))
@@ -455,6 +455,7 @@ class ManifestSet:
                 endpoints.setdefault(endpoint.address, endpoint)
 
         probe = next((c.probe for w in workloads for c in w.containers if c.probe is not None), None)
+        probe = probes.for_service(probe, ports)
         service = build_service(
             draft.name, draft.namespace, draft.spec, draft.annotations, tuple(ports),
             tuple(endpoints.values()), probe,

@@ -84,6 +84,7 @@ def _service(item: Any, where: Loc, position: int, into: Collected) -> None:
             f.get("readinessProbe"), f.at("readinessProbe"), by_name.get,
             "no port of this service has that name (a named probe port uses that port's targetPort)",
         )
+        probe = probes.for_service(probe, ports)
 
     if service_name is None or namespace is None:
         return

@@ -1,21 +1,32 @@
-"""readinessProbe (httpGet or tcpSocket) with Kubernetes' defaults, for native services and workloads."""
+"""readinessProbe with Kubernetes' defaults, for native services and workloads.
+
+httpGet and tcpSocket run as written. exec and grpc cannot run from a load balancer (no shell
+in the pod; no gRPC health client in lbd): they are accepted with a warning and checked as a
+TCP connect instead, grpc on its own port, exec on the service's first targetPort (the port
+traffic goes to). The model records what the TCP check stands in for, so `lbd check` says so.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from lbd.config.reading import Fields, Loc
 from lbd.config.values import port_or_name
-from lbd.model import HTTPGetAction, Probe, TCPSocketAction
+from lbd.model import HTTPGetAction, Probe, ServicePort, TCPSocketAction
 
 PROBE_FIELDS = (
     "httpGet", "tcpSocket", "initialDelaySeconds", "timeoutSeconds", "periodSeconds",
     "successThreshold", "failureThreshold",
 )
-# Valid in Kubernetes, but lbd can only run httpGet and tcpSocket checks from outside.
+# Valid in Kubernetes, but lbd cannot run them from outside: each becomes a TCP connect.
 UNSUPPORTED_PROBE_ACTIONS = ("exec", "grpc")
+ACTIONS = ("httpGet", "tcpSocket", *UNSUPPORTED_PROBE_ACTIONS)
+# An exec probe's stand-in port until the probe meets its service (for_service fills it in);
+# 0 is never a valid port, so it cannot be mistaken for one the user wrote.
+_TRAFFIC_PORT = 0
 HTTP_GET_FIELDS = ("path", "port", "host", "scheme", "httpHeaders")
 _SCHEMES = {"HTTP": "HTTP", "HTTPS": "HTTPS"}
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
@@ -31,29 +42,22 @@ def probe(
     unresolved: str,
     *,
     ignored: Collection[str] = (),
-    unsupported_is_error: bool = True,
 ) -> Probe | None:
     """A readinessProbe. Named ports go through `resolve_port`; `unresolved` explains a miss.
 
-    An exec/grpc probe is an error when `unsupported_is_error` (native format) and a warning
-    otherwise (a real cluster's manifests are valid, lbd just cannot run that check).
+    An exec or grpc probe is a warning, not an error (a real cluster's manifests are valid; lbd
+    just cannot run that check) and becomes a TCP connect: call `for_service` once the
+    service's ports are known.
     """
     f = Fields(value, loc, (*PROBE_FIELDS, *UNSUPPORTED_PROBE_ACTIONS), ignored=ignored)
     if not f.valid:
         return None
-    actions = [k for k in ("httpGet", "tcpSocket", *UNSUPPORTED_PROBE_ACTIONS) if k in f]
+    actions = [k for k in ACTIONS if k in f]
     if len(actions) != 1:
         which = "none" if not actions else ", ".join(actions)
-        loc.error(f"a probe needs exactly one of httpGet or tcpSocket (found {which})")
+        loc.error(f"a probe needs exactly one of httpGet, tcpSocket, grpc or exec (found {which})")
         return None
     action_name = actions[0]
-    if action_name in UNSUPPORTED_PROBE_ACTIONS:
-        message = f"{action_name} probes are not supported by lbd; use httpGet or tcpSocket"
-        if unsupported_is_error:
-            f.key_at(action_name).error(message)
-        else:
-            f.key_at(action_name).warn(message + " (this probe is ignored)")
-        return None
 
     def probe_port(g: Fields) -> int | None:
         if not g.require("port"):
@@ -81,15 +85,34 @@ def probe(
                 h.at("name").error(f"{header_name!r} is not an HTTP header name")
                 header_name = None
             header_value = h.string("value", default="")
+            if header_value is not None and any(c in header_value for c in "\r\n\0"):
+                h.at("value").error("a header value cannot hold a line break or NUL")
+                header_value = None
             if header_name is not None and header_value is not None:
                 headers.append((header_name, header_value))
         scheme = g.choice("scheme", _SCHEMES, "HTTP")
         host = g.string("host")
         action = None if number is None else HTTPGetAction(number, path, scheme, host or None, tuple(headers))
-    else:
+    elif action_name == "tcpSocket":
         g = f.sub("tcpSocket", ("port",))
         number = probe_port(g)
         action = None if number is None else TCPSocketAction(number)
+    elif action_name == "grpc":
+        g = f.sub("grpc", ("port", "service"))
+        number = probe_port(g)
+        action = None if number is None else TCPSocketAction(number, "grpc")
+        if action is not None:
+            f.key_at("grpc").warn(
+                f"grpc probes cannot run from lbd (it has no gRPC health client): it checks a TCP "
+                f"connect to port {number} instead"
+            )
+    else:
+        f.sub("exec", ("command",))
+        action = TCPSocketAction(_TRAFFIC_PORT, "exec")
+        f.key_at("exec").warn(
+            "exec probes cannot run from a load balancer: lbd checks a TCP connect to the "
+            "service's first targetPort instead"
+        )
 
     timings = {
         key: f.integer(key, minimum=0, default=0) or _PROBE_DEFAULTED[key] for key in _PROBE_DEFAULTED
@@ -105,3 +128,12 @@ def probe(
         failure_threshold=timings["failureThreshold"],
         initial_delay_seconds=initial_delay,
     )
+
+
+def for_service(probe: Probe | None, ports: Sequence[ServicePort]) -> Probe | None:
+    """The probe as the service's endpoints run it: an exec stand-in gets the traffic port."""
+    if probe is None or not isinstance(probe.action, TCPSocketAction) or probe.action.port != _TRAFFIC_PORT:
+        return probe
+    if not ports:
+        return None  # nothing to connect to; the service has no port either
+    return dataclasses.replace(probe, action=TCPSocketAction(ports[0].target_port, "exec"))

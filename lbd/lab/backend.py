@@ -4,7 +4,7 @@
                                   [--udp-port 9001] [--fail-file PATH] [--max-seconds 3600]
 
 - HTTP (GET/HEAD): `/` answers 200 "backend-1\\n"; `/health` answers 200 "ok backend-1\\n", or
-  500 while unhealthy. `POST /fail` makes it unhealthy, `POST /recover` healthy again; so does
+  503 while unhealthy. `POST /fail` makes it unhealthy, `POST /recover` healthy again; so does
   creating/removing `--fail-file`. Every answer has `X-Backend: <name>`; connections close after
   one answer.
 - TCP: on connect, sends "backend-1\\n", then echoes until EOF.
@@ -63,7 +63,7 @@ class Backend:
                 if length:
                     await asyncio.wait_for(reader.readexactly(min(length, MAX_REQUEST_HEAD)), IDLE_TIMEOUT)
                 status, body = self._route(method, path)
-                reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+                reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
                 response = (
                     f"HTTP/1.1 {status} {reason[status]}\r\nContent-Type: text/plain\r\n"
                     f"Content-Length: {len(body)}\r\nX-Backend: {self.name}\r\nConnection: close\r\n\r\n"
@@ -94,7 +94,7 @@ class Backend:
             if path == "/":
                 return 200, f"{self.name}\n".encode()
             if path in ("/health", "/healthz"):
-                return (200, f"ok {self.name}\n".encode()) if self.healthy else (500, f"failing {self.name}\n".encode())
+                return (200, f"ok {self.name}\n".encode()) if self.healthy else (503, f"failing {self.name}\n".encode())
             return 404, b"not found\n"
         if method == "POST" and path in ("/fail", "/recover"):
             self.failing = path == "/fail"

@@ -224,9 +224,10 @@ class Reconciler:
         if committed.store_error is not None:
             log.error("state_write_failed", error=committed.store_error,
                       hint="serving goes on; VIP assignments may move on the next restart")
+        in_use = committed.allocation.in_use_by_pool()
         for pool in model.pools:
             metrics.addresses_total.labels(pool.name).set(usable_addresses(pool))
-            metrics.addresses_in_use.labels(pool.name).set(committed.allocation.in_use(pool.name))
+            metrics.addresses_in_use.labels(pool.name).set(in_use.get(pool.name, 0))
         return committed
 
     def _ownership(self, model: Model, allocation: Allocation, readiness: Readiness) -> dict[IPAddress, Ownership]:

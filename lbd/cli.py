@@ -86,6 +86,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{len(attempt.errors)} error(s); config is not valid", file=sys.stderr)
         return 1
     loaded = attempt.loaded
+    if not any(s.exposed for s in loaded.model.services):
+        print(f"warning: {', '.join(loaded.sources)}: config exposes nothing: {len(loaded.model.pools)} pool(s), "
+              "no service of type LoadBalancer", file=sys.stderr)
     previous = FileAssignmentStore(Path(args.state_dir)).load()  # read only: check never writes
     allocation = allocate(loaded.model.pools, loaded.model.services, previous.assignments)
     services = loaded.model.services

@@ -1,4 +1,4 @@
-"""`lbd run | check | get services | demo`: the command line."""
+"""`lbd run | check | get services | reload | demo`: the command line."""
 
 from __future__ import annotations
 
@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("-o", "--output", choices=["table", "json"], default="table")
     get.add_argument("--admin-socket", default=str(DEFAULT_ADMIN_SOCKET))
 
+    reload = sub.add_parser("reload", help="make the running daemon re-read its config (like SIGHUP), and say what changed")
+    reload.add_argument("--allow-empty", action="store_true",
+                        help="apply a config that exposes no service although some are served (refused otherwise)")
+    reload.add_argument("--admin-socket", default=str(DEFAULT_ADMIN_SOCKET))
+    reload.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
     sub.add_parser("demo", help="build a throwaway lab of network namespaces and show lbd at work")
     return parser
 
@@ -115,6 +121,31 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    from lbd.admin import AdminUnavailable, request
+
+    route = "/v1/reload?allow_empty=true" if args.allow_empty else "/v1/reload"
+    try:
+        answer = request(Path(args.admin_socket), "POST", route, timeout=300.0)
+    except AdminUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(answer, indent=2))
+    else:
+        for warning in answer.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+        for error in answer.get("errors", []):
+            print(f"error: {error}", file=sys.stderr)
+        if answer.get("applied"):
+            print(f"reloaded: {answer['summary']}")
+            for key, why in sorted(answer.get("failed", {}).items()):
+                print(f"  {key}: cannot be served: {why}")
+        else:
+            print("not reloaded; the running config stays", file=sys.stderr)
+    return 0 if answer.get("applied") else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from lbd.daemon import run_daemon
     from lbd.loop import run
@@ -153,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "run":
         lbd_log.configure("console", level=40)  # quiet: commands print their own results
-    handlers = {"run": cmd_run, "check": cmd_check, "get": cmd_get, "demo": cmd_demo}
+    handlers = {"run": cmd_run, "check": cmd_check, "get": cmd_get, "reload": cmd_reload, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

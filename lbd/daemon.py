@@ -34,6 +34,7 @@ from lbd.assignments import AssignmentStore, FileAssignmentStore
 from lbd.balancer import Target
 from lbd.config import Attempt
 from lbd.config.isolated import attempt_in_child
+from lbd.limits import LOW_CONNECTIONS, raise_nofile
 from lbd.listeners import Listeners
 from lbd.model import Model
 from lbd.net.presence import L2Presence, Presence
@@ -320,8 +321,20 @@ def _removes_everything(running: Model, loaded: config.Loaded) -> str | None:
             "not applied (was the file truncated?). To remove every service, run `lbd reload --allow-empty`")
 
 
+def log_fd_limit() -> None:
+    """Raise the descriptor limit and say how many connections it allows."""
+    fds = raise_nofile()
+    fields = dict(nofile=fds.now, raised_from=fds.before, hard_limit=fds.hard, connections=fds.connections)
+    if fds.connections < LOW_CONNECTIONS:
+        log.warning("fd_limit", **fields,
+                    hint="each relayed connection needs 2 descriptors; raise LimitNOFILE (systemd) or `ulimit -Hn`")
+    else:
+        log.info("fd_limit", **fields)
+
+
 async def run_daemon(options: DaemonOptions) -> int:
     """`lbd run`: load, start, serve until SIGTERM/SIGINT, reload on SIGHUP."""
+    log_fd_limit()
     attempt = await read_config(options.config_paths, isolated=False)
     report_attempt(attempt)
     if attempt.loaded is None:

@@ -44,6 +44,13 @@ no_endpoint_resets_total = Counter(
     ["service", "port"],
     registry=REGISTRY,
 )
+local_resource_failures_total = Counter(
+    "lbd_local_resource_failures_total",
+    "Client connections reset because lbd itself ran out of a resource (errno: EMFILE, ENFILE, "
+    "ENOBUFS, ENOMEM); no endpoint is blamed",
+    ["errno"],
+    registry=REGISTRY,
+)
 bytes_total = Counter(
     "lbd_bytes_total",
     "Bytes relayed; direction is client_to_endpoint or endpoint_to_client",

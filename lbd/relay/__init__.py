@@ -26,6 +26,9 @@ class Failure(StrEnum):
     UNREACHABLE = "unreachable"  # ICMP host/net unreachable, no route
     TIMEOUT = "timeout"  # no answer within RelayOptions.connect_timeout
     ERROR = "error"  # any other OSError of the endpoint side
+    # lbd's own resources ran out (EMFILE, ENFILE, ENOBUFS, ENOMEM): not the endpoint's fault,
+    # so it ejects nothing; counted and logged per listener (Listener.local_failure).
+    LOCAL = "local_resources"
 
 
 class Router(Protocol):

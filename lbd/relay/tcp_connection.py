@@ -67,6 +67,8 @@ _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close() sends RST,
 _UNREACHABLE_ERRNOS = frozenset(
     {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.ENONET}
 )
+# This host is out of something (file descriptors, socket buffers, memory): lbd's problem.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,8 @@ def classify_connect_error(exc: BaseException) -> Failure:
         return Failure.TIMEOUT
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS:
         return Failure.UNREACHABLE
+    if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+        return Failure.LOCAL
     return Failure.ERROR
 
 
@@ -206,7 +210,10 @@ class Upstream(asyncio.Protocol):
         if exc is None or client.upstream is not self:
             return  # success (connection_made handled it), or the client went away meanwhile
         reason = Failure.TIMEOUT if self.timed_out else classify_connect_error(exc)
-        client.connect_failed(self.target, reason)
+        if reason is Failure.LOCAL:
+            client.local_failure(cast(OSError, exc))
+        else:
+            client.connect_failed(self.target, reason)
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -474,6 +481,14 @@ class Client(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.connect_next()
+
+    def local_failure(self, exc: OSError) -> None:
+        """lbd could not even make the attempt (no fd, no buffer): no endpoint is to blame and
+        every other one would fail the same way, so the client is reset now."""
+        self.upstream = None
+        self.listener.local_failure(exc)
+        if self.transport is not None and not self.transport.is_closing():
+            reset(self.transport)
 
     def upstream_connected(self, upstream: Upstream, transport: asyncio.Transport) -> None:
         client_transport = self.transport

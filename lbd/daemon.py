@@ -34,6 +34,7 @@ from lbd.assignments import AssignmentStore, FileAssignmentStore
 from lbd.balancer import Target
 from lbd.config import Attempt
 from lbd.config.isolated import attempt_in_child
+from lbd.errors import CannotStart
 from lbd.limits import LOW_CONNECTIONS, raise_nofile
 from lbd.listeners import Listeners
 from lbd.model import Model
@@ -373,6 +374,11 @@ async def run_daemon(options: DaemonOptions) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await daemon.start(model)
+    except CannotStart as exc:  # an option to change: one line says which, no traceback
+        log.error("start_failed", error=str(exc))
+        with contextlib.suppress(Exception):
+            await daemon.shutdown()
+        return 1
     except Exception as exc:  # anything at start-up: clean up what was bound, then exit non-zero
         log.error("start_failed", error=str(exc), exc_info=True)
         with contextlib.suppress(Exception):

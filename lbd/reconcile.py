@@ -374,6 +374,7 @@ class Reconciler:
 def _pool_metrics(model: Model, allocation: Allocation) -> None:
     """Per-pool address gauges (prometheus-client is thread-safe: set from a worker thread)."""
     in_use = allocation.in_use_by_pool()
+    metrics.keep_pools({pool.name for pool in model.pools})
     for pool in model.pools:
         metrics.addresses_total.labels(pool.name).set(usable_addresses(pool))
         metrics.addresses_in_use.labels(pool.name).set(in_use.get(pool.name, 0))

@@ -129,6 +129,11 @@ class Listener:
         self.port_name = port_name
         self._m_failures.clear()
 
+    def forget_targets(self, targets: set[Target]) -> None:
+        """Endpoints that left: drop their cached failure counters (their series are removed)."""
+        for key in [k for k in self._m_failures if k[0] in targets]:
+            del self._m_failures[key]
+
     @property
     def active(self) -> int:
         """Established connections or flows."""

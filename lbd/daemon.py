@@ -33,7 +33,7 @@ from lbd.admin import AdminServer, Handler, Request
 from lbd.assignments import AssignmentStore, FileAssignmentStore
 from lbd.balancer import Target
 from lbd.config import Attempt
-from lbd.config.isolated import attempt_in_child
+from lbd.config_process import attempt_in_child
 from lbd.errors import CannotStart
 from lbd.limits import LOW_CONNECTIONS, raise_nofile
 from lbd.listeners import Listeners

@@ -9,7 +9,7 @@ The child is bounded: it is killed past a deadline, and its address space is cap
 input (however hostile) can stall the daemon or exhaust the host's memory. A crash becomes a
 config error naming the files.
 
-Run as `python -m lbd.config.isolated PATH...`: writes the pickled Attempt to stdout.
+Run as `python -m lbd.config_process PATH...`: writes the pickled Attempt to stdout.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ async def attempt_in_child(paths: Sequence[str], timeout: float) -> Attempt:
     """`attempt(paths)` in a child process; never raises for what the child does."""
     named = ", ".join(paths)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lbd.config.isolated", *paths,
+        sys.executable, "-m", "lbd.config_process", *paths,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lbd.config import attempt
-from lbd.config.isolated import attempt_in_child
+from lbd.config_process import attempt_in_child
 
 
 def test_the_child_answers_what_attempt_answers(config_file) -> None:

@@ -109,11 +109,19 @@ class Allocation:
         return self._by_ip.get(ip, ())
 
 
-def allocate(pools: Sequence[Pool], services: Sequence[Service], previous: Mapping[str, IPAddress]) -> Allocation:
+def allocate(
+    pools: Sequence[Pool],
+    services: Sequence[Service],
+    previous: Mapping[str, IPAddress],
+    *,
+    hold_new: str | None = None,
+) -> Allocation:
     """Give every exposed service a VIP (or a pending reason), keeping still-valid previous IPs.
 
     `previous` is the last Allocation's `sticky()` (or the state file); entries for unknown
-    services are ignored. Service keys must be unique.
+    services are ignored. Service keys must be unique. With `hold_new` (the sticky state was
+    lost), only previous IPs and explicit requests are given; every other service is pending
+    with `hold_new` as the reason.
     """
     exposed = sorted((s for s in services if s.exposed), key=lambda s: s.key)
     _check_unique_keys(exposed)
@@ -132,6 +140,9 @@ def allocate(pools: Sequence[Pool], services: Sequence[Service], previous: Mappi
     # Most constrained first, so an automatic service cannot take the one IP another requested.
     newcomers = sorted((s for s in exposed if s.key not in results), key=lambda s: (_rank(s), s.key))
     for service in newcomers:
+        if hold_new is not None and not service.requested_ips:
+            results[service.key] = _pending(service, hold_new)
+            continue
         results[service.key] = _assign_new(service, ledger)
 
     # A refused request names who holds the IP. Say it as of the final ledger, so the reason

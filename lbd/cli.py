@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds between gratuitous ARP rounds")
     run.add_argument("--garp-refresh", type=_positive, default=default("garp_refresh"),
                      help="re-announce every N seconds (off by default)")
+    run.add_argument("--reset-state", action="store_true", default=default("reset_state"),
+                     help="when no generation of the VIP state is readable, set it aside and assign VIPs afresh "
+                          "(without it, lbd assigns no new VIP then); ignored while the state is readable")
 
     check = sub.add_parser("check", help="validate the config and show what each service would get")
     _add_config(check)
@@ -170,6 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         garp_rounds=args.garp_rounds,
         garp_interval=args.garp_interval,
         garp_refresh=args.garp_refresh,
+        reset_state=args.reset_state,
     )
     return run(run_daemon(options))
 

@@ -156,7 +156,7 @@ class Daemon:
         self.reconciler = Reconciler(
             node=options.node_name,
             relay=RelayOptions(connect_timeout=options.connect_timeout),
-            store=store or FileAssignmentStore(options.state_dir),
+            store=store or FileAssignmentStore(options.state_dir, reset=options.reset_state),
             gate=gate or SingleNodeGate(),
             vips=self.vips,
             listeners=self.listeners,

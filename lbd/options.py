@@ -37,6 +37,7 @@ class DaemonOptions:
     garp_rounds: int = DEFAULT_GARP_ROUNDS
     garp_interval: float = DEFAULT_GARP_INTERVAL
     garp_refresh: float | None = None
+    reset_state: bool = False  # the state is unreadable: accept assigning VIPs afresh
 
 
 def default(name: str) -> Any:

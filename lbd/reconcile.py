@@ -235,7 +235,7 @@ class Reconciler:
         if self.allocation is None or self._stored is None:
             previous = self._stored
         else:
-            previous = Stored(self.allocation.sticky(), self._stored.revision)
+            previous = Stored(self.allocation.sticky(), self._stored.revision, self._stored.hold_new)
         try:
             committed = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(
@@ -246,7 +246,9 @@ class Reconciler:
             )
         except TimeoutError:
             stored = previous or Stored()
-            allocation = await off_loop(allocate, model.pools, model.services, stored.assignments)
+            allocation = await off_loop(
+                functools.partial(allocate, model.pools, model.services, stored.assignments, hold_new=stored.hold_new)
+            )
             committed = Committed(allocation, stored, f"the store did not answer within {STORE_TIMEOUT:g} s")
         self._stored = committed.stored
         if committed.store_error is not None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from lbd import config, metrics
+from lbd import config, metrics, preflight
 from lbd.admin import AdminServer, Handler, Request
 from lbd.assignments import AssignmentStore, FileAssignmentStore
 from lbd.balancer import Target
@@ -341,6 +341,14 @@ async def run_daemon(options: DaemonOptions) -> int:
     if attempt.loaded is None:
         return 1
     model = attempt.loaded.model
+    try:  # before anything is opened: a missing privilege or an unsafe path is one line
+        preflight.check_privileges(model)
+        preflight.private_dir(options.state_dir, "--state-dir")
+        if options.admin_socket is not None:
+            preflight.private_dir(options.admin_socket.parent, "--admin-socket")
+    except CannotStart as exc:
+        log.error("start_failed", error=str(exc))
+        return 1
     presence = L2Presence(
         model.interfaces,
         garp_rounds=options.garp_rounds,

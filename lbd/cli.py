@@ -34,6 +34,15 @@ def _count(value: str) -> int:
     return number
 
 
+def _buffer_size(value: str) -> int:
+    """Bytes, optionally with a K or M suffix (KiB, MiB); 0 leaves buffers to the kernel."""
+    scale = {"K": 1024, "M": 1024 * 1024}.get(value[-1:].upper(), 1)
+    number = int(value[:-1] if scale != 1 else value) * scale
+    if number != 0 and number < 4096:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 (kernel autotuning) or at least 4096 bytes")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lbd", description="L4 load balancer daemon: MetalLB-style VIPs, kube-proxy-style relay")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds between gratuitous ARP rounds")
     run.add_argument("--garp-refresh", type=_positive, default=default("garp_refresh"),
                      help="re-announce every N seconds (off by default)")
+    run.add_argument("--socket-buffer", type=_buffer_size, default=default("socket_buffer"), metavar="BYTES",
+                     help="kernel buffer per relayed socket and direction (e.g. 256K, 4M); 0 = kernel autotuning")
     run.add_argument("--reset-state", action="store_true", default=default("reset_state"),
                      help="when no generation of the VIP state is readable, set it aside and assign VIPs afresh "
                           "(without it, lbd assigns no new VIP then); ignored while the state is readable")
@@ -174,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         garp_interval=args.garp_interval,
         garp_refresh=args.garp_refresh,
         reset_state=args.reset_state,
+        socket_buffer=args.socket_buffer,
     )
     return run(run_daemon(options))
 

@@ -155,7 +155,7 @@ class Daemon:
         self.listeners = Listeners(options.drain_timeout)
         self.reconciler = Reconciler(
             node=options.node_name,
-            relay=RelayOptions(connect_timeout=options.connect_timeout),
+            relay=RelayOptions(connect_timeout=options.connect_timeout, socket_buffer=options.socket_buffer or None),
             store=store or FileAssignmentStore(options.state_dir, reset=options.reset_state),
             gate=gate or SingleNodeGate(),
             vips=self.vips,

@@ -105,9 +105,22 @@ def reset(transport: asyncio.Transport) -> None:
     if sock is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        except OSError:
+        except (OSError, ValueError):  # uvloop: ValueError once the transport dropped its fd
             pass  # already gone: abort() below still drops it
     transport.abort()
+
+
+def cap_buffers(transport: asyncio.BaseTransport, size: int) -> None:
+    """Cap the kernel buffers of the endpoint socket (client sockets inherit the listener's):
+    a client that stops reading then holds ~4 x size of kernel memory, not ~10 MiB."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except (OSError, ValueError):  # uvloop: ValueError once the transport dropped its fd
+        pass  # gone already: nothing to cap
 
 
 def _own_dup(transport: asyncio.BaseTransport) -> socket.socket | None:
@@ -503,6 +516,8 @@ class Client(asyncio.Protocol):
         client_transport.set_write_buffer_limits(high, low)
         if tcp.keepalive:
             self.keepalive_due = lst.loop.time() + KEEPALIVE_SCAN_SECONDS
+        if self.options.socket_buffer:
+            cap_buffers(transport, self.options.socket_buffer)
         self.peer = transport
         pending = self.pending
         if pending is not None:

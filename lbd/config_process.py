@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pickle
 import resource
 import signal
 import sys
 from collections.abc import Sequence
+
+import structlog
 
 from lbd.config import Attempt, ConfigError, attempt
 
@@ -73,14 +76,20 @@ def _last_line(err: bytes) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
+    # stdout carries the answer alone: anything else printed (a log line) goes to stderr.
+    answer = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
     with contextlib.suppress(ValueError, OSError):  # not every platform lets us lower it
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICE)
     result = attempt(list(argv))
-    data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-    with os.fdopen(sys.stdout.fileno(), "wb", closefd=False) as out:
-        out.write(data)
+    with answer:
+        answer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
     return 0
 
 

@@ -16,7 +16,27 @@ from lbd.config_process import attempt_in_child
 def test_the_child_answers_what_attempt_answers(config_file) -> None:
     good = config_file("pools: [{name: p, addresses: [192.0.2.0/28]}]\nservices: [{name: web, ports: [{port: 80}], endpoints: [192.0.2.100]}]\n")
     bad = config_file("services: [{name: web, ports: [{port: 70000}]}]\n", "bad.yaml")
-    for paths in ([str(good)], [str(bad)], [str(good), str(bad)]):
+    # Kinds lbd skips log a debug line while parsing: it must not mix into the answer.
+    chatty = config_file("""
+        apiVersion: v1
+        kind: Secret
+        metadata: {name: tls}
+        ---
+        apiVersion: metallb.io/v1beta1
+        kind: L2Advertisement
+        metadata: {name: all}
+        ---
+        apiVersion: metallb.io/v1beta1
+        kind: IPAddressPool
+        metadata: {name: p}
+        spec: {addresses: [192.0.2.0/28], autoAssign: true}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web, annotations: {metallb.universe.tf/address-pool: p}}
+        spec: {type: LoadBalancer, ports: [{port: 80}]}
+    """, "chatty.yaml")
+    for paths in ([str(good)], [str(bad)], [str(good), str(bad)], [str(chatty)]):
         assert asyncio.run(attempt_in_child(paths, 30)) == attempt(paths)
 
 

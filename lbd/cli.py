@@ -110,7 +110,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"warning: {', '.join(loaded.sources)}: config exposes nothing: {len(loaded.model.pools)} pool(s), "
               "no service of type LoadBalancer", file=sys.stderr)
     previous = FileAssignmentStore(Path(args.state_dir)).load()  # read only: check never writes
-    allocation = allocate(loaded.model.pools, loaded.model.services, previous.assignments)
+    allocation = allocate(loaded.model.pools, loaded.model.services, previous.assignments, hold_new=previous.hold_new)
     services = loaded.model.services
     rows = statuses(services, allocation.assignments, check_view(services, allocation.assignments, args.node_name))
     if args.output == "json":

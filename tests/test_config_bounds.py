@@ -132,3 +132,16 @@ def test_the_model_of_a_valid_config_loads_despite_the_bounds(tmp_path: Path) ->
     assert load([path]).model.services[0].name == "web"
     with pytest.raises(ConfigInvalid):
         load([tmp_path / "missing.yaml"])
+
+
+def test_check_shows_what_run_does_with_an_unreadable_state(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "assignments.json").write_text("{truncated")
+    path = tmp_path / "ok.yaml"
+    path.write_text("pools: [{name: p, addresses: [192.0.2.0/28]}]\nservices: [{name: web, ports: [{port: 80}], endpoints: [192.0.2.100]}]\n")
+    out = subprocess.run([sys.executable, "-m", "lbd", "check", "--config", str(path), "--state-dir", str(state),
+                          "-o", "json"], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "state_lost" in out.stderr
+    assert "--reset-state" in out.stdout  # web is pending, as `lbd run` would leave it

@@ -9,7 +9,8 @@ Run from the repository root (no root needed: everything is on loopback):
 
 lbd starts serving one service, `steady` (127.15.0.1:29999), relaying to a backend thread of
 this script. Client threads connect through it, send a line and read the answer, each paced
-every --pace seconds, for --baseline seconds. Then the config gains --pools pools and
+every --pace seconds (latency counts from when a request was due, so a stall is not hidden by
+requests sent late), for --baseline seconds. Then the config gains --pools pools and
 --services services (bench/bigconfig.py: loopback pools, so nothing is bound or announced, but
 every service opens a listener) and lbd gets SIGHUP; the clients go on until `reload_applied`
 (or --timeout) and --after seconds more; then the same config is reloaded once more, unchanged.
@@ -82,14 +83,17 @@ def one_request(timeout: float) -> float | None:
 
 
 def client(pace: float, stop: threading.Event, samples: list[tuple[float, float | None]], timeout: float) -> None:
-    next_at = time.monotonic()
+    """One paced client. Latency counts from when the request was due, not from when it could be
+    sent: a client held up by a stalled lbd must not hide the stall by sending late (no
+    coordinated omission, as wrk2 measures)."""
+    due = time.monotonic()
     while not stop.is_set():
         now = time.monotonic()
-        if now < next_at:
-            time.sleep(next_at - now)
-        next_at += pace
-        started = time.monotonic()
-        samples.append((started, one_request(timeout)))
+        if now < due:
+            time.sleep(due - now)
+        took = one_request(timeout)
+        samples.append((due, None if took is None else time.monotonic() - due))
+        due += pace
 
 
 def wait_for_log(log: Path, event: str, offset: int, deadline: float) -> str | None:

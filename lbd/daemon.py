@@ -6,8 +6,11 @@
 Components start in order and stop in reverse: the presence (addresses and ARP), the metrics
 server, the admin API, the data plane (the reconcile task, its listeners and VIPs), the tick.
 The tick is the daemon's heartbeat: it retries services that could not be served and will
-carry the systemd watchdog. Nothing here blocks the event loop: config parsing, state writes
-and netlink calls run in worker threads with deadlines.
+carry the systemd watchdog. Nothing here blocks the event loop: a reload's config is parsed in
+a child process (lbd.config_process; start-up parses in a thread), state writes and netlink
+calls run in worker threads, all with deadlines, and a reload holds off full garbage
+collections (collector_paused). Before anything is opened, lbd.preflight checks the paths and
+privileges; what lbd cannot start with (CannotStart) is one start_failed line.
 
 Signals: SIGHUP reloads (an invalid config is logged in full and the running one stays);
 SIGTERM/SIGINT stop accepting, withdraw, drain for --drain-timeout, then release every VIP; a

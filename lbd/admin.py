@@ -22,6 +22,9 @@ from typing import Any
 
 import structlog
 
+from lbd.errors import CannotStart
+from lbd.preflight import private_dir
+
 log = structlog.get_logger()
 
 MAX_REQUEST_BYTES = 8192  # request line + headers; the API takes no bodies
@@ -62,7 +65,7 @@ class AdminServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent, "--admin-socket")  # nobody else may plant a socket or file here
         self._remove_stale_socket()
         old_umask = os.umask(0o177)  # created 0600: no window where others could connect
         try:
@@ -79,7 +82,7 @@ class AdminServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(mode):
-            raise OSError(f"{self.path} exists and is not a socket; choose another --admin-socket")
+            raise CannotStart(f"{self.path} exists and is not a socket; choose another --admin-socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(1.0)
@@ -91,7 +94,7 @@ class AdminServer:
             pass
         finally:
             probe.close()
-        raise OSError(f"another lbd daemon answers on {self.path}; stop it or choose another --admin-socket")
+        raise CannotStart(f"another lbd daemon answers on {self.path}; stop it or choose another --admin-socket")
 
     async def close(self) -> None:
         """Stop serving and remove the socket, if this server made it (never another daemon's)."""

@@ -92,7 +92,15 @@ class Allocation:
 
     def in_use(self, pool: str) -> int:
         """Distinct IPs in use in `pool` (metallb_allocator_addresses_in_use_total)."""
-        return len({a.ip for a in self.assignments.values() if a.pool == pool and a.ip is not None})
+        return self.in_use_by_pool().get(pool, 0)
+
+    def in_use_by_pool(self) -> dict[str, int]:
+        """Distinct IPs in use, for every pool that has one: one pass, however many pools."""
+        ips: dict[str, set[IPAddress]] = {}
+        for a in self.assignments.values():
+            if a.pool is not None and a.ip is not None:
+                ips.setdefault(a.pool, set()).add(a.ip)
+        return {pool: len(held) for pool, held in ips.items()}
 
     def services_on(self, ip: IPAddress | str) -> tuple[str, ...]:
         """Keys of the services holding `ip`, sorted."""
@@ -101,11 +109,19 @@ class Allocation:
         return self._by_ip.get(ip, ())
 
 
-def allocate(pools: Sequence[Pool], services: Sequence[Service], previous: Mapping[str, IPAddress]) -> Allocation:
+def allocate(
+    pools: Sequence[Pool],
+    services: Sequence[Service],
+    previous: Mapping[str, IPAddress],
+    *,
+    hold_new: str | None = None,
+) -> Allocation:
     """Give every exposed service a VIP (or a pending reason), keeping still-valid previous IPs.
 
     `previous` is the last Allocation's `sticky()` (or the state file); entries for unknown
-    services are ignored. Service keys must be unique.
+    services are ignored. Service keys must be unique. With `hold_new` (the sticky state was
+    lost), only previous IPs and explicit requests are given; every other service is pending
+    with `hold_new` as the reason.
     """
     exposed = sorted((s for s in services if s.exposed), key=lambda s: s.key)
     _check_unique_keys(exposed)
@@ -124,6 +140,9 @@ def allocate(pools: Sequence[Pool], services: Sequence[Service], previous: Mappi
     # Most constrained first, so an automatic service cannot take the one IP another requested.
     newcomers = sorted((s for s in exposed if s.key not in results), key=lambda s: (_rank(s), s.key))
     for service in newcomers:
+        if hold_new is not None and not service.requested_ips:
+            results[service.key] = _pending(service, hold_new)
+            continue
         results[service.key] = _assign_new(service, ledger)
 
     # A refused request names who holds the IP. Say it as of the final ledger, so the reason
@@ -227,8 +246,8 @@ def _assign_new(service: Service, ledger: _Ledger) -> Assignment:
         pool = ledger.pool_named(service.address_pool)
         if pool is None:
             return _pending(service, f'pool "{service.address_pool}" does not exist')
-        return _assign_from_pools(service, (pool,), ledger)
-    return _assign_from_pools(service, tuple(p for p in ledger.pools if p.auto_assign), ledger)
+        return _assign_from_pools(service, ledger.only(pool), ledger)
+    return _assign_from_pools(service, ledger.auto_pools, ledger)
 
 
 def _requested_candidates(service: Service) -> list[IPAddress]:
@@ -272,10 +291,10 @@ def _request_problem(service: Service, ip: IPAddress, ledger: _Ledger) -> str | 
 def _assign_from_pools(service: Service, pools: tuple[Pool, ...], ledger: _Ledger) -> Assignment:
     families = _families(service)
     for family in families:
-        eligible = tuple(p for p in pools if any(r.version == family for r in p.ranges))
+        eligible = ledger.of_family(pools, family)
         ip = ledger.shared_ip(service, eligible, family)
         if ip is None:
-            ip = next((found for p in eligible if (found := ledger.lowest_free(p, family)) is not None), None)
+            ip = ledger.first_free(eligible, family)
         if ip is not None:
             pool = ledger.pool_of(ip)
             assert pool is not None  # found in one of `pools`
@@ -301,7 +320,15 @@ class _Ledger:
 
     def __init__(self, pools: Sequence[Pool]) -> None:
         self.pools = tuple(pools)
+        self.auto_pools = tuple(p for p in self.pools if p.auto_assign)
         self._order = {p.name: i for i, p in enumerate(self.pools)}
+        self._index = _PoolIndex(self.pools)
+        # Pools of one family, per pool list asked about (keyed by identity: the lists are
+        # the ledger's own auto_pools or one-pool tuples), and how many of them are full.
+        self._family_pools: dict[tuple[int, int], tuple[Pool, ...]] = {}
+        self._keep: list[tuple[Pool, ...]] = []  # keeps keyed lists alive, so ids stay unique
+        self._full_prefix: dict[tuple[int, int], int] = {}
+        self._singles: dict[str, tuple[Pool]] = {}
         self._holders: dict[IPAddress, list[Service]] = {}
         self._used: dict[int, list[int]] = {4: [], 6: []}  # held addresses as sorted ints
         self._by_sharing_key: dict[str, list[IPAddress]] = {}
@@ -309,13 +336,44 @@ class _Ledger:
         # the ledger only grows, so lowest-free searches never restart from the range start.
         self._cursor: dict[tuple[str, int], int] = {}
 
+    def only(self, pool: Pool) -> tuple[Pool]:
+        """`(pool,)`, the same tuple every time (so per-list caches hit)."""
+        single = self._singles.get(pool.name)
+        if single is None:
+            single = self._singles[pool.name] = (pool,)
+        return single
+
     def pool_named(self, name: str) -> Pool | None:
         index = self._order.get(name)
         return self.pools[index] if index is not None else None
 
     def pool_of(self, ip: IPAddress) -> Pool | None:
-        # Config guarantees pools do not overlap, so the first match is the only one.
-        return next((p for p in self.pools if ip in p), None)
+        return self._index.pool_of(ip)
+
+    def of_family(self, pools: tuple[Pool, ...], family: int) -> tuple[Pool, ...]:
+        """The pools of `pools` with addresses of `family`, in order (computed once per list)."""
+        key = (id(pools), family)
+        found = self._family_pools.get(key)
+        if found is None:
+            self._keep.append(pools)
+            found = tuple(p for p in pools if any(r.version == family for r in p.ranges))
+            self._family_pools[key] = found
+            self._keep.append(found)
+        return found
+
+    def first_free(self, pools: tuple[Pool, ...], family: int) -> IPAddress | None:
+        """The lowest free address of the first pool that has one. Pools found full stay full
+        (the ledger only grows), so each is skipped for good: N services over P pools cost
+        O(N + P) pool visits, not O(N x P)."""
+        key = (id(pools), family)
+        start = self._full_prefix.get(key, 0)
+        for position in range(start, len(pools)):
+            ip = self.lowest_free(pools[position], family)
+            if ip is not None:
+                self._full_prefix[key] = position
+                return ip
+        self._full_prefix[key] = len(pools)
+        return None
 
     def conflict(self, service: Service, ip: IPAddress) -> str | None:
         holders = self._holders.get(ip)
@@ -387,6 +445,39 @@ class _Ledger:
             return _address(r.version, candidate)
         self._cursor[(pool.name, index)] = candidate
         return None
+
+
+class _PoolIndex:
+    """Which pool holds an address: binary search over the ranges sorted by first address.
+
+    Config guarantees pools do not overlap. Should they (a caller outside config), the search
+    could pick a later pool than the first match, so the index then falls back to a scan.
+    """
+
+    def __init__(self, pools: tuple[Pool, ...]) -> None:
+        self._pools = pools
+        self._starts: dict[int, list[int]] = {4: [], 6: []}
+        self._spans: dict[int, list[tuple[int, int, Pool]]] = {4: [], 6: []}
+        spans = sorted(
+            ((r.version, int(r.first), int(r.last), order) for order, p in enumerate(pools) for r in p.ranges)
+        )
+        self._overlapping = False
+        for version, first, last, order in spans:
+            previous = self._spans[version]
+            if previous and first <= previous[-1][1]:
+                self._overlapping = True
+            previous.append((first, last, pools[order]))
+            self._starts[version].append(first)
+
+    def pool_of(self, ip: IPAddress) -> Pool | None:
+        if self._overlapping:
+            return next((p for p in self._pools if ip in p), None)
+        value = int(ip)
+        position = bisect.bisect_right(self._starts[ip.version], value) - 1
+        if position < 0:
+            return None
+        first, last, pool = self._spans[ip.version][position]
+        return pool if value <= last else None
 
 
 def _address(version: int, value: int) -> IPAddress:

@@ -11,12 +11,16 @@ drive them without an event loop.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import structlog
+
 from lbd import state
+from lbd.state import LoadedState, StateSource
 from lbd.allocator import Allocation, allocate
 from lbd.model import IPAddress, Pool, Service
 
@@ -31,6 +35,9 @@ class Stored:
 
     assignments: Mapping[str, IPAddress] = field(default_factory=dict)
     revision: object = None  # opaque to callers; the file store has none
+    # Set when the store lost its state: new VIPs are not handed out (one could be a VIP the
+    # lost state gave another service); services get this as their pending reason.
+    hold_new: str | None = None
 
 
 class AssignmentStore(Protocol):
@@ -52,21 +59,51 @@ class CommitConflict(RuntimeError):
 
 
 class FileAssignmentStore:
-    """The single-node store: `assignments.json` in the state dir; this node is the only writer."""
+    """The single-node store: `assignments.json` in the state dir; this node is the only writer.
 
-    def __init__(self, state_dir: Path) -> None:
+    A corrupt current file falls back to the previous generation (lbd.state). When no
+    generation is readable the state is lost: nothing is assigned afresh and nothing is
+    written (the unreadable files stay for a post-mortem) until lbd runs with `reset=True`
+    (`--reset-state`), which sets them aside and starts over.
+    """
+
+    def __init__(self, state_dir: Path, *, reset: bool = False) -> None:
         self.state_dir = Path(state_dir)
-        self._on_disk: dict[str, IPAddress] | None = None  # what the file holds, once known
+        self.reset = reset
+        self._on_disk: dict[str, IPAddress] | None = None  # what the current file holds, once known
+        self._generation = 0
+        self._current_good = True  # the current file may become `.prev` when replaced
+        self._hold_new: str | None = None
 
     def load(self) -> Stored:
-        self._on_disk = state.load_assignments(self.state_dir)
-        return Stored(dict(self._on_disk))
+        loaded = state.load_state(self.state_dir)
+        if loaded.source is StateSource.LOST and self.reset:
+            moved = state.set_aside(self.state_dir, f"unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+            structlog.get_logger(__name__).warning(
+                "state_reset", state_dir=str(self.state_dir), set_aside=[str(p) for p in moved])
+            loaded = LoadedState()
+        elif loaded.source is not StateSource.LOST and self.reset:
+            structlog.get_logger(__name__).info("state_reset_ignored", state_dir=str(self.state_dir),
+                                                reason="the state is readable; it is kept")
+        self._generation = loaded.generation
+        self._on_disk = dict(loaded.assignments) if loaded.source is StateSource.CURRENT else None
+        self._current_good = loaded.source in (StateSource.CURRENT, StateSource.NONE)
+        self._hold_new = None
+        if loaded.source is StateSource.LOST:
+            self._hold_new = (f"the VIP state in {self.state_dir} is unreadable, so no VIP is assigned afresh "
+                              "(it could be one another service held); restart lbd with --reset-state to assign anew")
+        return Stored(dict(loaded.assignments), hold_new=self._hold_new)
 
     def commit(self, assignments: Mapping[str, IPAddress], expected: Stored) -> Stored:
         wanted = dict(assignments)
+        if self._hold_new is not None:  # lost: write nothing until the operator resets
+            return Stored(wanted, hold_new=self._hold_new)
         if wanted != self._on_disk:  # unchanged: no write, no fsync
-            state.save_assignments(self.state_dir, wanted)
+            state.save_assignments(self.state_dir, wanted, generation=self._generation + 1,
+                                   keep_previous=self._current_good)
+            self._generation += 1
             self._on_disk = wanted
+            self._current_good = True
         return Stored(dict(wanted))
 
 
@@ -96,7 +133,7 @@ def allocate_and_commit(
     """
     stored = previous if previous is not None else store.load()
     for _ in range(attempts):
-        allocation = allocate(pools, services, stored.assignments)
+        allocation = allocate(pools, services, stored.assignments, hold_new=stored.hold_new)
         try:
             now = store.commit(allocation.sticky(), stored)
         except OSError as exc:

@@ -1,4 +1,4 @@
-"""`lbd run | check | get services | demo`: the command line."""
+"""`lbd run | check | get services | reload | demo`: the command line."""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ def _count(value: str) -> int:
     return number
 
 
+def _buffer_size(value: str) -> int:
+    """Bytes, optionally with a K or M suffix (KiB, MiB); 0 leaves buffers to the kernel."""
+    scale = {"K": 1024, "M": 1024 * 1024}.get(value[-1:].upper(), 1)
+    number = int(value[:-1] if scale != 1 else value) * scale
+    if number != 0 and number < 4096:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 (kernel autotuning) or at least 4096 bytes")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lbd", description="L4 load balancer daemon: MetalLB-style VIPs, kube-proxy-style relay")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds between gratuitous ARP rounds")
     run.add_argument("--garp-refresh", type=_positive, default=default("garp_refresh"),
                      help="re-announce every N seconds (off by default)")
+    run.add_argument("--socket-buffer", type=_buffer_size, default=default("socket_buffer"), metavar="BYTES",
+                     help="kernel buffer per relayed socket and direction (e.g. 256K, 4M); 0 = kernel autotuning")
+    run.add_argument("--reset-state", action="store_true", default=default("reset_state"),
+                     help="when no generation of the VIP state is readable, set it aside and assign VIPs afresh "
+                          "(without it, lbd assigns no new VIP then); ignored while the state is readable")
 
     check = sub.add_parser("check", help="validate the config and show what each service would get")
     _add_config(check)
@@ -66,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("resource", choices=["services", "service", "svc"])
     get.add_argument("-o", "--output", choices=["table", "json"], default="table")
     get.add_argument("--admin-socket", default=str(DEFAULT_ADMIN_SOCKET))
+
+    reload = sub.add_parser("reload", help="make the running daemon re-read its config (like SIGHUP), and say what changed")
+    reload.add_argument("--allow-empty", action="store_true",
+                        help="apply a config that exposes no service although some are served (refused otherwise)")
+    reload.add_argument("--admin-socket", default=str(DEFAULT_ADMIN_SOCKET))
+    reload.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
     sub.add_parser("demo", help="build a throwaway lab of network namespaces and show lbd at work")
     return parser
@@ -86,8 +106,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{len(attempt.errors)} error(s); config is not valid", file=sys.stderr)
         return 1
     loaded = attempt.loaded
+    if not any(s.exposed for s in loaded.model.services):
+        print(f"warning: {', '.join(loaded.sources)}: config exposes nothing: {len(loaded.model.pools)} pool(s), "
+              "no service of type LoadBalancer", file=sys.stderr)
     previous = FileAssignmentStore(Path(args.state_dir)).load()  # read only: check never writes
-    allocation = allocate(loaded.model.pools, loaded.model.services, previous.assignments)
+    allocation = allocate(loaded.model.pools, loaded.model.services, previous.assignments, hold_new=previous.hold_new)
     services = loaded.model.services
     rows = statuses(services, allocation.assignments, check_view(services, allocation.assignments, args.node_name))
     if args.output == "json":
@@ -110,6 +133,31 @@ def cmd_get(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(rows, indent=2) if args.output == "json" else render_table(rows))
     return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from lbd.admin import AdminUnavailable, request
+
+    route = "/v1/reload?allow_empty=true" if args.allow_empty else "/v1/reload"
+    try:
+        answer = request(Path(args.admin_socket), "POST", route, timeout=300.0)
+    except AdminUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(answer, indent=2))
+    else:
+        for warning in answer.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+        for error in answer.get("errors", []):
+            print(f"error: {error}", file=sys.stderr)
+        if answer.get("applied"):
+            print(f"reloaded: {answer['summary']}")
+            for key, why in sorted(answer.get("failed", {}).items()):
+                print(f"  {key}: cannot be served: {why}")
+        else:
+            print("not reloaded; the running config stays", file=sys.stderr)
+    return 0 if answer.get("applied") else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -136,6 +184,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         garp_rounds=args.garp_rounds,
         garp_interval=args.garp_interval,
         garp_refresh=args.garp_refresh,
+        reset_state=args.reset_state,
+        socket_buffer=args.socket_buffer,
     )
     return run(run_daemon(options))
 
@@ -150,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "run":
         lbd_log.configure("console", level=40)  # quiet: commands print their own results
-    handlers = {"run": cmd_run, "check": cmd_check, "get": cmd_get, "demo": cmd_demo}
+    handlers = {"run": cmd_run, "check": cmd_check, "get": cmd_get, "reload": cmd_reload, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

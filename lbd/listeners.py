@@ -18,7 +18,8 @@ from typing import Protocol as Interface
 
 import structlog
 
-from lbd.balancer import Balancer, Target
+from lbd import metrics
+from lbd.balancer import Balancer, Target, format_target
 from lbd.health.passive import PassiveHealth
 from lbd.health.probe import ProbeSpec, passive_reason
 from lbd.model import IPAddress, Probe, Protocol
@@ -117,7 +118,12 @@ class Listeners:
         entry = self.running.get(change.spec.key)
         if entry is None:  # closed by a pass that failed half-way: the next plan opens it
             return
-        spec = change.spec
+        spec, before = change.spec, entry.spec
+        gone = set(entry.spec.targets) - set(spec.targets)
+        if gone:  # their failure series go with them (churning endpoints never grows metrics)
+            entry.listener.forget_targets(gone)
+            for target in gone:
+                metrics.forget_endpoint(spec.service, entry.spec.port_name, format_target(target))
         if change.balancer:
             # A new policy starts a fresh affinity table; the rotation restarts too.
             entry.router.balancer = Balancer(spec.balancer.affinity, spec.balancer.timeout_seconds)
@@ -127,9 +133,12 @@ class Listeners:
         if change.options:
             entry.listener.set_options(spec.options, spec.tuning)
         if change.renamed:
+            old = entry.spec.port_name
             entry.listener.rename(spec.port_name)
             entry.router.port = spec.port_name
-        if spec.probe != entry.spec.probe:
+            entry.spec = spec
+            self._forget_if_unused(spec.service, old)
+        if spec.probe != before.probe:
             entry.router.probe_failed = probe_reporter(self.health, spec.probe)
         entry.spec = spec
 
@@ -152,8 +161,19 @@ class Listeners:
                 drains.discard(done)
                 if not drains:
                     del self._drains[key.ip]
+            self._forget_if_unused(listener.service, listener.port_name)
 
         task.add_done_callback(drained)
+
+    def _forget_if_unused(self, service: str, port_name: str) -> None:
+        """Drop the metric series of a service port once no listener (open or draining) has it;
+        v4 and v6 listeners of one port share them."""
+        labels = (service, port_name)
+        if any((e.listener.service, e.listener.port_name) == labels for e in self.running.values()):
+            return
+        if any((lst.service, lst.port_name) == labels for lst in self._draining):
+            return
+        metrics.forget_listener(service, port_name)
 
     def drains(self, ip: IPAddress) -> list[asyncio.Task[int]]:
         """The drains still running for listeners that were on `ip`."""

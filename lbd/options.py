@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lbd.net.arp import DEFAULT_GARP_INTERVAL, DEFAULT_GARP_ROUNDS
-from lbd.relay import DEFAULT_CONNECT_TIMEOUT
+from lbd.relay import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_BUFFER
 
 DEFAULT_STATE_DIR = Path("/var/lib/lbd")
 DEFAULT_ADMIN_SOCKET = Path("/run/lbd/admin.sock")
@@ -37,6 +37,8 @@ class DaemonOptions:
     garp_rounds: int = DEFAULT_GARP_ROUNDS
     garp_interval: float = DEFAULT_GARP_INTERVAL
     garp_refresh: float | None = None
+    reset_state: bool = False  # the state is unreadable: accept assigning VIPs afresh
+    socket_buffer: int = DEFAULT_SOCKET_BUFFER  # bytes per relayed socket and direction; 0 = autotuning
 
 
 def default(name: str) -> Any:

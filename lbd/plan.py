@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -178,7 +179,7 @@ def desire(
             continue
         vips.setdefault(ip, []).append(service.key)
         verdicts = readiness.get(service.key, ServiceReadiness())
-        options = RelayOptions(connect_timeout=relay.connect_timeout, idle_timeout=service.idle_timeout_seconds)
+        options = dataclasses.replace(relay, idle_timeout=service.idle_timeout_seconds)
         balancer = BalancerSpec(service.session_affinity, service.affinity_timeout_seconds)
         for port in service.ports:
             if port.protocol not in relayable:

@@ -13,6 +13,10 @@ A service whose listener cannot open (port in use) or whose VIP cannot be bound 
 fits) is blocked with the reason and the pass plans again without it, so its half-opened
 listeners close and an unused VIP is released; one service's failure never stops the others.
 Blocked services are retried on the next reload and by the daemon tick.
+
+A pass never holds the event loop for long, however big the config (10,000 services): the pure
+steps (readiness, desire, plan) run in a worker thread, and the steps that must run on the loop
+(ownership, executing, reporting) give it back every SLICE_SECONDS, so relaying goes on.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 import structlog
 
@@ -31,13 +37,13 @@ from lbd.allocator import Allocation, allocate, usable_addresses
 from lbd.assignments import AssignmentStore, Committed, Stored, allocate_and_commit
 from lbd.events import EventLog
 from lbd.health.checker import HealthChecker
-from lbd.health.probe import FIRST_PROBE_SPREAD
+from lbd.health.probe import FIRST_PROBE_SPREAD, ProbeSpec, ProbeVerdict
 from lbd.health.report import ReadinessReport
 from lbd.listeners import Listeners
 from lbd.model import IPAddress, Model, Service
 from lbd.ownership import Ownership, OwnershipGate
 from lbd.plan import Desired, Plan, Running, desire, plan
-from lbd.readiness import Readiness, assess
+from lbd.readiness import Readiness, ServiceReadiness, assess
 from lbd.relay import RelayOptions
 from lbd.status import UNSERVED_PORT_REASON, ServiceCondition, ServiceState, condition_of
 from lbd.vips import PRESENCE_ERRORS, Vips
@@ -55,6 +61,34 @@ FIRST_PROBES_WAIT = FIRST_PROBE_SPREAD + 1.5
 # Store reads and writes run one at a time, in order, on their own thread: a write that
 # outlived its deadline can never land after a newer one.
 _STORE_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+# A pass works on the loop at most SLICE_SECONDS at a time, then lets the loop run alone for
+# SLICE_PAUSE: a relayed connection needs several loop turns (accept, connect, data, close),
+# so giving back a single turn (sleep(0)) still added a slice per turn, ~50 ms per request
+# while 2,000 listeners opened. At half the loop, each turn waits at most ~2 ms.
+SLICE_SECONDS = 0.002
+SLICE_PAUSE = 0.002
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def off_loop(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a pure step in a worker thread (its inputs are immutable or private to the pass)."""
+    return await asyncio.to_thread(func, *args, **kwargs)
+
+
+class Slicer:
+    """Gives the loop back once SLICE_SECONDS of work went by (call `due()` between steps)."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since = time.monotonic()
+
+    async def due(self) -> None:
+        if time.monotonic() - self._since >= SLICE_SECONDS:
+            await asyncio.sleep(SLICE_PAUSE)
+            self._since = time.monotonic()
 
 
 class ShuttingDown(RuntimeError):
@@ -116,14 +150,14 @@ class Reconciler:
             asyncio.get_running_loop().run_in_executor(_STORE_THREAD, self.store.load), STORE_TIMEOUT
         )
         committed = await self._allocate(model)
-        readiness = self._assess(model, committed.allocation)
-        ownership = self._ownership(model, committed.allocation, readiness)
+        readiness = await self._assess(model, committed.allocation)
+        ownership = await self._ownership(model, committed.allocation, readiness)
         # Leftovers of a crash go before anything is bound; owned ones stay (no gap in service).
         await self.vips.adopt([ip for ip, o in ownership.items() if o.owner])
         if self.health is not None:
             # Probe first, serve then: an endpoint is out until its first success, and without
             # this a restart would reset the clients of healthy endpoints for about a second.
-            probes = self._desire(model, committed.allocation, readiness).probes
+            probes = (await self._desire(model, committed.allocation, readiness)).probes
             if probes:
                 self.health.apply(probes, ())
                 started = asyncio.get_running_loop().time()
@@ -198,7 +232,7 @@ class Reconciler:
             committed = await self._allocate(model)
         allocation = committed.allocation if committed is not None else self.allocation
         assert allocation is not None
-        readiness = self._assess(model, allocation)
+        readiness = await self._assess(model, allocation)
         before = self.readiness
         # The target from here on, even if executing it fails half-way: the next pass retries it.
         self.model, self.allocation, self.readiness = model, allocation, readiness
@@ -206,10 +240,10 @@ class Reconciler:
         await self.vips.retry_unbinds()
         first: Plan | None = None
         failed: dict[str, str] = {}
-        desired = self._desire(model, allocation, readiness)
+        desired = await self._desire(model, allocation, readiness)
         # Each round blocks at least one more service, so this ends within len(services) rounds.
         for _ in range(len(model.services) + 1):
-            steps = plan(self.running, desired)
+            steps = await off_loop(plan, self.running, desired)
             first = first or steps
             try:
                 newly = await self._execute(steps)
@@ -219,28 +253,49 @@ class Reconciler:
                 break
             failed.update(newly)
             self.blocked.update(newly)
-            desired = self._desire(model, allocation, readiness)
-        self._report(desired)
+            desired = await self._desire(model, allocation, readiness)
+        await self._report(desired)
         self.readiness_report.publish(before, readiness, {spec.service for spec in desired.listeners.values()})
         assert first is not None
         return Applied(first, failed)
 
-    def _assess(self, model: Model, allocation: Allocation) -> Readiness:
+    async def _assess(self, model: Model, allocation: Allocation) -> Readiness:
         """Readiness with the probes' verdicts for the services lbd serves (and so probes); a
-        service it does not serve (not exposed, no VIP, blocked) shows its config's view."""
-        verdicts = self.health.verdicts if self.health is not None else None
-        readiness = {}
+        service it does not serve (not exposed, no VIP, blocked) shows its config's view.
+
+        The verdicts are copied on the loop (the checker changes them there), the rest runs in a
+        worker thread: 10,000 services take tens of milliseconds.
+        """
+        served = frozenset(
+            s.key for s in model.services
+            if s.exposed and s.key not in self.blocked and allocation.ip_of(s.key) is not None
+        )
+        verdicts = self._verdicts(model, served)
+        return await off_loop(_assess_all, model, self.node, served, verdicts)
+
+    def _verdicts(self, model: Model, served: frozenset[str]) -> dict[ProbeSpec, ProbeVerdict] | None:
+        """What the checker says now about every probed endpoint of a served service."""
+        if self.health is None:
+            return None
+        verdicts = self.health.verdicts
+        copied: dict[ProbeSpec, ProbeVerdict] = {}
         for service in model.services:
-            served = service.exposed and service.key not in self.blocked and allocation.ip_of(service.key) is not None
-            readiness[service.key] = assess(service, self.node, verdicts if served else None)
-        return readiness
+            probe = service.readiness_probe
+            if probe is None or service.key not in served:
+                continue
+            for endpoint in service.endpoints:
+                spec = ProbeSpec(endpoint.address, probe)
+                verdict = verdicts.get(spec)
+                if verdict is not None:
+                    copied[spec] = verdict
+        return copied
 
     async def _allocate(self, model: Model) -> Committed:
         """Allocate and store off the loop; a slow or failing store never stops serving."""
         if self.allocation is None or self._stored is None:
             previous = self._stored
         else:
-            previous = Stored(self.allocation.sticky(), self._stored.revision)
+            previous = Stored(self.allocation.sticky(), self._stored.revision, self._stored.hold_new)
         try:
             committed = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(
@@ -251,38 +306,47 @@ class Reconciler:
             )
         except TimeoutError:
             stored = previous or Stored()
-            committed = Committed(
-                allocate(model.pools, model.services, stored.assignments),
-                stored,
-                f"the store did not answer within {STORE_TIMEOUT:g} s",
+            allocation = await off_loop(
+                functools.partial(allocate, model.pools, model.services, stored.assignments, hold_new=stored.hold_new)
             )
+            committed = Committed(allocation, stored, f"the store did not answer within {STORE_TIMEOUT:g} s")
         self._stored = committed.stored
         if committed.store_error is not None:
             log.error("state_write_failed", error=committed.store_error,
                       hint="serving goes on; VIP assignments may move on the next restart")
-        for pool in model.pools:
-            metrics.addresses_total.labels(pool.name).set(usable_addresses(pool))
-            metrics.addresses_in_use.labels(pool.name).set(committed.allocation.in_use(pool.name))
+        await off_loop(_pool_metrics, model, committed.allocation)
         return committed
 
-    def _ownership(self, model: Model, allocation: Allocation, readiness: Readiness) -> dict[IPAddress, Ownership]:
+    async def _ownership(
+        self, model: Model, allocation: Allocation, readiness: Readiness
+    ) -> dict[IPAddress, Ownership]:
         on_ip: defaultdict[IPAddress, list[Service]] = defaultdict(list)
         for service in model.services:
             ip = allocation.ip_of(service.key) if service.exposed else None
             if ip is not None and service.key not in self.blocked:
                 on_ip[ip].append(service)
-        return {ip: self.gate.decide(ip, services, readiness) for ip, services in on_ip.items()}
+        # The gate is asked on the loop (a cluster gate may keep loop state), a slice at a time.
+        decided: dict[IPAddress, Ownership] = {}
+        slicer = Slicer()
+        for ip, services in on_ip.items():
+            decided[ip] = self.gate.decide(ip, services, readiness)
+            await slicer.due()
+        return decided
 
-    def _desire(self, model: Model, allocation: Allocation, readiness: Readiness) -> Desired:
-        return desire(
-            model,
-            allocation,
-            readiness,
-            self._ownership(model, allocation, readiness),
-            node=self.node,
-            relay=self.relay,
-            protocols=self.listeners.protocols(),
-            blocked=self.blocked,
+    async def _desire(self, model: Model, allocation: Allocation, readiness: Readiness) -> Desired:
+        ownership = await self._ownership(model, allocation, readiness)
+        return await off_loop(
+            functools.partial(
+                desire,
+                model,
+                allocation,
+                readiness,
+                ownership,
+                node=self.node,
+                relay=self.relay,
+                protocols=self.listeners.protocols(),
+                blocked=dict(self.blocked),
+            )
         )
 
     async def _execute(self, steps: Plan) -> dict[str, str]:
@@ -290,8 +354,10 @@ class Reconciler:
         failed: dict[str, str] = {}
         if self.health is not None:  # first: it cannot fail, so `running.probes` is always true
             self.health.apply(steps.probes_start, steps.probes_stop)
+        slicer = Slicer()
         for key in steps.close:
             self.listeners.close(key)
+            await slicer.due()
         for spec in steps.open:
             if spec.service in failed:
                 continue
@@ -299,12 +365,15 @@ class Reconciler:
                 await self.listeners.open(spec)
             except OSError as exc:
                 failed[spec.service] = f"cannot serve {spec.key.ip}: {exc}"
+            await slicer.due()
         for change in steps.update:
             self.listeners.update(change)
+            await slicer.due()
         for ip in steps.revoke:
             await self.vips.revoke(ip)
         for ip in steps.release:
             await self.vips.release(ip, self.listeners.drains(ip))
+            await slicer.due()
         for claim in steps.acquire:
             users = [s for s in claim.services if s not in failed]
             if not users:
@@ -313,6 +382,7 @@ class Reconciler:
                 await self.vips.acquire(claim.ip, users)
             except PRESENCE_ERRORS as exc:
                 failed.update({s: f"cannot serve {claim.ip}: {exc}" for s in users})
+            await slicer.due()
         held = self.vips.held()
         for ip in steps.announce:
             if ip not in held or not any(s not in failed for s in held[ip]):
@@ -321,6 +391,7 @@ class Reconciler:
                 await self.vips.announce(ip)
             except PRESENCE_ERRORS as exc:
                 log.error("announce_failed", ip=str(ip), error=str(exc))
+            await slicer.due()
         return failed
 
     def _observe(self, desired: Desired) -> Running:
@@ -332,11 +403,13 @@ class Reconciler:
             probes=desired.probes,  # handed to the health checker first thing in _execute
         )
 
-    def _report(self, desired: Desired) -> None:
+    async def _report(self, desired: Desired) -> None:
         """Per-service conditions; log each change once, with the same words the status shows."""
         before, now = self.conditions, {}
         assert self.allocation is not None
+        slicer = Slicer()
         for service in desired.model.services:
+            await slicer.due()
             ip = self.allocation.ip_of(service.key)
             condition = condition_of(
                 service,
@@ -359,6 +432,21 @@ class Reconciler:
         counts = Counter(c.state for c in now.values())
         for state in ServiceState:
             metrics.services.labels(str(state)).set(counts.get(state, 0))
+
+
+def _pool_metrics(model: Model, allocation: Allocation) -> None:
+    """Per-pool address gauges (prometheus-client is thread-safe: set from a worker thread)."""
+    in_use = allocation.in_use_by_pool()
+    metrics.keep_pools({pool.name for pool in model.pools})
+    for pool in model.pools:
+        metrics.addresses_total.labels(pool.name).set(usable_addresses(pool))
+        metrics.addresses_in_use.labels(pool.name).set(in_use.get(pool.name, 0))
+
+
+def _assess_all(
+    model: Model, node: str, served: frozenset[str], verdicts: dict[ProbeSpec, ProbeVerdict] | None
+) -> dict[str, ServiceReadiness]:
+    return {s.key: assess(s, node, verdicts if s.key in served else None) for s in model.services}
 
 
 def _log_condition(key: str, condition: ServiceCondition) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from lbd import metrics
 from lbd.model import IPAddress
 from lbd.net.addresses import AnnounceError
 from lbd.net.presence import Presence
@@ -178,6 +179,7 @@ class Vips:
     async def _unbind(self, vip: _Vip, reason: str) -> None:
         if is_loopback(vip.ip) or await self._unclaim(vip.ip):
             log.info("vip_released", ip=str(vip.ip), interface=vip.interface, reason=reason)
+        metrics.forget_vip(str(vip.ip))  # its ARP/NDP series go with it
 
     async def _unclaim(self, ip: IPAddress) -> bool:
         """Remove the address; a failure is remembered and retried by `retry_unbinds`."""

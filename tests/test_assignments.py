@@ -90,3 +90,54 @@ def test_endless_conflicts_give_up_loudly() -> None:
     store = RacingStore({}, races=100)
     with pytest.raises(CommitConflict):
         allocate_and_commit(store, [POOL], [A], attempts=3)
+
+
+# --- generations, fallback and lost state (the store's side of lbd.state) ----------------------
+
+WEB, ECHO = Service("web", ports=PORT), Service("echo", ports=PORT)
+
+
+def test_a_truncated_state_file_never_moves_a_vip_to_another_service(tmp_path: Path) -> None:
+    # The defect: assignments.json truncated, restart re-assigned from scratch, web's VIP went to echo.
+    first = allocate_and_commit(FileAssignmentStore(tmp_path), [POOL], [WEB])
+    assert first.allocation.ip_of("default/web") == IP("198.18.1.200")
+    second = allocate_and_commit(FileAssignmentStore(tmp_path), [POOL], [WEB, ECHO])
+    assert second.allocation.ip_of("default/echo") == IP("198.18.1.201")
+    (tmp_path / state.STATE_FILE).write_text('{"version": 1, "assign')  # cut off mid-write
+    third = allocate_and_commit(FileAssignmentStore(tmp_path), [POOL], [WEB, ECHO])
+    # Back one generation: web keeps .200; echo (assigned after it) gets a VIP no one else had.
+    assert third.allocation.ip_of("default/web") == IP("198.18.1.200")
+    assert third.allocation.ip_of("default/echo") != IP("198.18.1.200")
+
+
+def test_lost_state_assigns_nothing_afresh_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / state.STATE_FILE).write_text("{garbage")
+    requested = Service("pinned", ports=PORT, requested_ips=(IP("198.18.1.205"),))
+    committed = allocate_and_commit(FileAssignmentStore(tmp_path), [POOL], [WEB, requested])
+    assert committed.allocation.ip_of("default/web") is None
+    assert "--reset-state" in committed.allocation.pending()["default/web"]
+    assert committed.allocation.ip_of("default/pinned") == IP("198.18.1.205")  # the operator's own choice
+    assert (tmp_path / state.STATE_FILE).read_text() == "{garbage"  # kept for a post-mortem
+
+
+def test_reset_state_sets_the_unreadable_files_aside_and_assigns_anew(tmp_path: Path) -> None:
+    (tmp_path / state.STATE_FILE).write_text("{garbage")
+    committed = allocate_and_commit(FileAssignmentStore(tmp_path, reset=True), [POOL], [WEB])
+    assert committed.allocation.ip_of("default/web") == IP("198.18.1.200")
+    aside = [p.name for p in tmp_path.iterdir() if ".unreadable-" in p.name]
+    assert len(aside) == 1 and aside[0].startswith(state.STATE_FILE)
+    assert state.load_state(tmp_path).source is state.StateSource.CURRENT
+
+
+def test_reset_state_keeps_a_readable_state(tmp_path: Path) -> None:
+    allocate_and_commit(FileAssignmentStore(tmp_path), [POOL], [ECHO])
+    committed = allocate_and_commit(FileAssignmentStore(tmp_path, reset=True), [POOL], [WEB, ECHO])
+    assert committed.allocation.ip_of("default/echo") == IP("198.18.1.200")
+
+
+def test_generations_count_up(tmp_path: Path) -> None:
+    store = FileAssignmentStore(tmp_path)
+    allocate_and_commit(store, [POOL], [WEB])
+    allocate_and_commit(store, [POOL], [WEB, ECHO])
+    assert state.load_state(tmp_path).generation == 2
+    assert state.read_generation(tmp_path / state.PREVIOUS_FILE)[1] == 1

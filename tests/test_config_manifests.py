@@ -125,6 +125,11 @@ def test_l2advertisement_without_interfaces_adds_none(config_file):
         apiVersion: metallb.io/v1beta1
         kind: L2Advertisement
         metadata: {name: all}
+        ---
+        apiVersion: metallb.io/v1beta1
+        kind: IPAddressPool
+        metadata: {name: p}
+        spec: {addresses: [192.0.2.0/28]}
     """)
     loaded = load([path])
     assert loaded.model.interfaces == () and loaded.warnings == ()
@@ -380,6 +385,11 @@ def test_external_name_services_are_skipped(config_file, logs):
         kind: Service
         metadata: {name: ext}
         spec: {type: ExternalName, externalName: example.com}
+        ---
+        apiVersion: metallb.io/v1beta1
+        kind: IPAddressPool
+        metadata: {name: p}
+        spec: {addresses: [192.0.2.0/28]}
     """)
     assert load([path]).model.services == ()
     assert any(e["event"] == "manifest_skipped" and e.get("reason") == "ExternalName" for e in logs)
@@ -449,6 +459,11 @@ def test_other_kinds_are_skipped_with_a_debug_log(config_file, logs):
         apiVersion: metallb.io/v1beta2
         kind: BGPPeer
         metadata: {name: peer}
+        ---
+        apiVersion: metallb.io/v1beta1
+        kind: IPAddressPool
+        metadata: {name: p}
+        spec: {addresses: [192.0.2.0/28]}
     """)
     loaded = load([path])
     assert loaded.model.services == () and loaded.warnings == ()
@@ -479,8 +494,17 @@ def test_a_file_given_twice_is_read_once(tmp_path, config_file):
 
 def test_empty_directory_warns(tmp_path):
     (tmp_path / "empty").mkdir()
-    (warning,) = load([tmp_path / "empty"]).warnings
+    (tmp_path / "pools.yaml").write_text("pools: [{name: p, addresses: [192.0.2.0/28]}]\n")
+    (warning,) = load([tmp_path / "empty", tmp_path / "pools.yaml"]).warnings
     assert "no *.yaml or *.yml files" in warning.message
+
+
+def test_an_empty_directory_alone_is_an_empty_config(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigInvalid) as caught:
+        load([tmp_path / "empty"])
+    assert [e.file for e in caught.value.errors] == [str(tmp_path / "empty")]
+    assert "config is empty" in caught.value.errors[0].message
 
 
 def test_native_and_manifest_files_mix(config_file):
@@ -606,6 +630,11 @@ def test_endpointslice_without_service_label_or_service_warns(config_file):
         metadata: {name: orphan-1, labels: {kubernetes.io/service-name: gone}}
         addressType: IPv4
         endpoints: [{addresses: [10.0.0.1]}]
+        ---
+        apiVersion: metallb.io/v1beta1
+        kind: IPAddressPool
+        metadata: {name: p}
+        spec: {addresses: [192.0.2.0/28]}
     """)
     first, second = load([path]).warnings
     assert first.obj == "EndpointSlice default/custom" and "kubernetes.io/service-name" in first.message
@@ -619,6 +648,11 @@ def test_fqdn_endpointslice_is_ignored_with_a_warning(config_file):
         metadata: {name: f, labels: {kubernetes.io/service-name: x}}
         addressType: FQDN
         endpoints: [{addresses: [example.com]}]
+        ---
+        apiVersion: metallb.io/v1beta1
+        kind: IPAddressPool
+        metadata: {name: p}
+        spec: {addresses: [192.0.2.0/28]}
     """)
     (warning,) = load([path]).warnings
     assert warning.field == "addressType" and "FQDN" in warning.message

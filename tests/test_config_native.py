@@ -285,6 +285,7 @@ def test_interfaces_are_deduplicated_in_order_across_documents(config_file):
         interfaces: [eth1, eth0]
         ---
         interfaces: [eth0, eth2, eth1]
+        pools: [{name: p, addresses: [192.0.2.0/28]}]
     """)
     assert load([path]).model.interfaces == ("eth1", "eth0", "eth2")
 
@@ -314,13 +315,31 @@ def test_unknown_pool_reference_is_not_an_error(config_file):
     assert load([path]).model.services[0].address_pool == "nowhere"
 
 
-def test_empty_files_and_documents_give_an_empty_model(config_file):
-    assert load([config_file("", "empty.yaml")]).model.services == ()
-    assert load([config_file("---\n---\n", "docs.yaml")]).model.pools == ()
+def test_empty_files_and_documents_are_an_empty_config_error(config_file):
+    # A truncated file (config management, `> lbd.yaml`, a full disk) must not remove every service.
+    for text, name in (("", "empty.yaml"), ("---\n---\n", "docs.yaml"), ("# all commented out\n", "c.yaml"),
+                       ("interfaces: [eth0]\n", "only-interfaces.yaml")):
+        path = config_file(text, name)
+        with pytest.raises(ConfigInvalid) as caught:
+            load([path])
+        (error,) = caught.value.errors
+        assert error.file == str(path)
+        assert error.message.startswith("config is empty: no pools and no services")
+
+
+def test_empty_config_names_every_file_read(config_file):
+    first, second = config_file("", "a.yaml"), config_file("---\n", "b.yaml")
+    with pytest.raises(ConfigInvalid) as caught:
+        load([first, second])
+    assert caught.value.errors[0].file == f"{first}, {second}"
+
+
+def test_pools_without_services_are_not_empty(config_file):
+    assert load([config_file("pools: [{name: p, addresses: [192.0.2.0/28]}]")]).model.services == ()
 
 
 def test_a_single_path_string_is_one_path(config_file):
-    path = config_file("services: []")
+    path = config_file("pools: [{name: p, addresses: [192.0.2.0/28]}]")
     assert load(str(path)).sources == (str(path),)  # type: ignore[arg-type]
 
 

@@ -652,8 +652,8 @@ def test_overlapping_pools_name_both(config_file):
 def test_ipv4_and_ipv6_never_overlap(config_file):
     path = config_file("""
         pools:
-          - {name: a, addresses: [0.0.0.0/0]}
-          - {name: b, addresses: ["::/0"]}
+          - {name: a, addresses: [10.0.0.0/8]}
+          - {name: b, addresses: ["fd00::/8"]}
     """)
     assert len(load([path]).model.pools) == 2
 
@@ -738,8 +738,12 @@ def test_endpoint_port_only_for_single_port_services(config_file):
         ('"10.0.0.1:70000"', "70000 is not a port (1-65535)"),
         ('"[fd00::1"', "'[fd00::1' is not an endpoint: write '[IPv6]:PORT' or a bare IPv6 address"),
         ('"[fd00::1]8080"', "'[fd00::1]8080' is not an endpoint: write '[IPv6]:PORT' or a bare IPv6 address"),
-        ('"0.0.0.0"', "0.0.0.0 is a unspecified address, not a backend"),
-        ('"224.0.0.1"', "224.0.0.1 is a multicast address, not a backend"),
+        ('"0.0.0.0"', "0.0.0.0 is the unspecified address, not a backend"),
+        ('"224.0.0.1"', "224.0.0.1 is a multicast address, not a backend (TCP cannot connect to it)"),
+        ('"255.255.255.255"', "255.255.255.255 is the broadcast address, not a backend"),
+        ('"fe80::1"', "fe80::1 is an IPv6 link-local address, which needs a zone (%interface); lbd takes no zones"),
+        ('"::1:80"', "'::1:80' is ambiguous: write '[::1]:80' for port 80 of ::1, or '[::1:80]' for the IPv6 address ::1:80"),
+        ('"fd00::5:8080"', "'fd00::5:8080' is ambiguous: write '[fd00::5]:8080' for port 8080 of fd00::5, or '[fd00::5:8080]' for the IPv6 address fd00::5:8080"),
         ('"fe80::1%eth0"', "'fe80::1%eth0' has a zone (%eth0); zones are not allowed here"),
         ("{port: 80}", "required field is missing"),
         ("{address: 10.0.0.1, ready: maybe}", "expected true or false, got string 'maybe'"),

@@ -32,6 +32,13 @@ def test_unit_stop_timeout_outlasts_the_default_drain() -> None:
     assert float(unit["Service"]["TimeoutStopSec"]) == stop_timeout()
 
 
+def test_unit_lets_lbd_raise_its_fd_limit() -> None:
+    # `lbd run` raises its soft NOFILE limit to the hard one; 2 descriptors per relayed connection.
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(UNIT)
+    assert int(unit["Service"]["LimitNOFILE"]) >= 65536
+
+
 def test_host_port() -> None:
     assert parse_host_port("127.0.0.1:9100") == ("127.0.0.1", 9100)
     assert parse_host_port("[::1]:9100") == ("::1", 9100)

@@ -48,11 +48,16 @@ class Attempt:
 
 
 def attempt(paths: Sequence[str | os.PathLike[str]]) -> Attempt:
-    """`load`, with the errors as data instead of an exception."""
+    """`load`, with the errors as data instead of an exception; never raises for any input."""
     try:
         return Attempt(load(paths))
     except ConfigInvalid as exc:
         return Attempt(None, tuple(exc.errors))
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:
+        # A bug reading some input must not become a traceback (or a dead reload): say where.
+        named = ", ".join(os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths))
+        return Attempt(None, (ConfigError(named, f"cannot read this config ({type(exc).__name__}: {exc}); "
+                                                 "please report it with the file"),))
 
 
 def load(paths: Sequence[str | os.PathLike[str]]) -> Loaded:
@@ -76,6 +81,13 @@ def load(paths: Sequence[str | os.PathLike[str]]) -> Loaded:
     check_services(collected.services)
 
     order = {file: position for position, file in enumerate(files)}
+    named = ", ".join(files) or ", ".join(os.fspath(p) for p in paths)
+    if not issues.errors and not collected.pools and not collected.services:
+        # A file emptied by config management, `> lbd.yaml` or a full disk: serving nothing is
+        # never what it meant, and a reload of it would drop every service.
+        issues.errors.append(ConfigError(
+            named, "config is empty: no pools and no services (was the file truncated?); "
+                   "to serve nothing, stop lbd instead"))
     if issues.errors:
         raise ConfigInvalid(_in_file_order(issues.errors, order))
     model = Model(

@@ -109,15 +109,30 @@ def ip_address(value: Any, loc: Loc) -> IPAddress | None:
 
 
 def endpoint_ip(value: Any, loc: Loc) -> IPAddress | None:
-    """A backend address: any unicast IP (loopback is fine: local.yaml relays to 127.0.0.1)."""
+    """A backend address: a unicast IP lbd can connect to (loopback is fine: local.yaml relays
+    to 127.0.0.1; IPv4 link-local is a normal neighbour, IPv6 link-local needs a zone)."""
     address = ip_address(value, loc)
     if address is None:
         return None
-    if address.is_unspecified or address.is_multicast:
-        kind = "unspecified" if address.is_unspecified else "multicast"
-        loc.error(f"{address} is a {kind} address, not a backend")
+    problem = _unusable_endpoint(address)
+    if problem is not None:
+        loc.error(f"{address} {problem}")
         return None
     return address
+
+
+def _unusable_endpoint(address: IPAddress) -> str | None:
+    if address.is_unspecified:
+        return "is the unspecified address, not a backend"
+    if address.is_multicast:
+        return "is a multicast address, not a backend (TCP cannot connect to it)"
+    if address == _BROADCAST:
+        return "is the broadcast address, not a backend"
+    # An IPv4-mapped endpoint works (a dual-stack socket connects to the IPv4 address); a VIP
+    # cannot be one (see unusable_vips).
+    if isinstance(address, ipaddress.IPv6Address) and address.is_link_local:
+        return "is an IPv6 link-local address, which needs a zone (%interface); lbd takes no zones"
+    return None
 
 
 def endpoint_text(value: str, loc: Loc) -> tuple[IPAddress, int | None] | None:
@@ -131,6 +146,13 @@ def endpoint_text(value: str, loc: Loc) -> tuple[IPAddress, int | None] | None:
         host, port_text = inside, (rest[1:] if rest else None)
     elif value.count(":") == 1:  # one colon: IPv4:PORT; more colons: a bare IPv6 address
         host, port_text = value.split(":")
+    elif _looks_like_ipv6_with_port(value):
+        head, _, tail = value.rpartition(":")
+        loc.error(
+            f"{value!r} is ambiguous: write '[{head}]:{tail}' for port {tail} of {head}, "
+            f"or '[{value}]' for the IPv6 address {value}"
+        )
+        return None
     address = endpoint_ip(host, loc)
     if address is None:
         return None
@@ -141,6 +163,64 @@ def endpoint_text(value: str, loc: Loc) -> tuple[IPAddress, int | None] | None:
         return None
     number = port(int(port_text), loc)
     return (address, number) if number is not None else None
+
+
+def _looks_like_ipv6_with_port(text: str) -> bool:
+    """'::1:80': a compressed IPv6 address whose last group reads as a port and whose rest is an
+    address too. Both readings are valid IPv6, so the user must say which with brackets."""
+    head, _, tail = text.rpartition(":")
+    if "::" not in text or not tail.isdigit() or not 0 < int(tail) <= 65535 or head.endswith(":"):
+        return False
+    try:
+        ipaddress.IPv6Address(head)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# What a VIP may be: `check` refuses what `run` could not serve.
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_LOOPBACK = {4: ipaddress.ip_network("127.0.0.0/8"), 6: ipaddress.ip_network("::1/128")}
+# Blocks no VIP may come from, and why (the first one a range touches is reported).
+_NOT_VIPS: dict[int, tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...]] = {
+    4: (
+        (ipaddress.ip_network("0.0.0.0/32"), "the unspecified address (a listener on it takes every address)"),
+        (ipaddress.ip_network("169.254.0.0/16"), "link-local addresses, which are not routed beyond one link"),
+        (ipaddress.ip_network("224.0.0.0/4"), "multicast addresses, which cannot accept connections"),
+        (ipaddress.ip_network("255.255.255.255/32"), "the broadcast address"),
+    ),
+    6: (
+        (ipaddress.ip_network("::/128"), "the unspecified address (a listener on it takes every address)"),
+        (ipaddress.ip_network("::ffff:0:0/96"), "IPv4-mapped addresses; put the IPv4 addresses in an IPv4 range"),
+        (ipaddress.ip_network("fe80::/10"), "link-local addresses, which need a zone and are not routed"),
+        (ipaddress.ip_network("ff00::/8"), "multicast addresses, which cannot accept connections"),
+    ),
+}
+
+
+def unusable_vips(r: AddressRange) -> str | None:
+    """Why a pool range holds addresses no VIP may have ('contains ...'), or None."""
+    first, last = int(r.first), int(r.last)
+    for block, why in _NOT_VIPS[r.version]:
+        start, end = int(block.network_address), int(block.broadcast_address)
+        if first <= end and start <= last:
+            shown = str(block.network_address) if block.num_addresses == 1 else str(block)
+            return f"contains {shown}: {why}; a VIP must be a unicast address clients can reach"
+    return None
+
+
+def is_loopback_range(r: AddressRange) -> bool | None:
+    """True if every address is loopback, False if none is, None if the range mixes both."""
+    block = _LOOPBACK[r.version]
+    start, end = int(block.network_address), int(block.broadcast_address)
+    first, last = int(r.first), int(r.last)
+    if start <= first and last <= end:
+        return True
+    if last < start or end < first:
+        return False
+    return None
 
 
 def address_range(value: Any, loc: Loc) -> AddressRange | None:

@@ -18,6 +18,11 @@ from lbd.model import DEFAULT_UDP_FLOW_TIMEOUT, DEFAULT_UDP_MAX_FLOWS
 # Seconds per endpoint connect attempt; a failed attempt moves on to the next endpoint.
 # HAProxy's `timeout connect` examples use 5 s; 2 s keeps a dead endpoint's cost low.
 DEFAULT_CONNECT_TIMEOUT = 2.0
+# Kernel buffer per socket and direction (SO_SNDBUF/SO_RCVBUF; the kernel doubles it for its
+# bookkeeping). Autotuning grows loopback sockets to 4-6 MiB, so a client that stops reading
+# held ~10 MiB of kernel memory in lbd's two sockets; capped, ~1 MiB. 256 KiB carries 10 Gbit/s
+# at 200 us RTT; raise it (--socket-buffer) for clients far away.
+DEFAULT_SOCKET_BUFFER = 256 * 1024
 
 
 class Failure(StrEnum):
@@ -27,6 +32,9 @@ class Failure(StrEnum):
     UNREACHABLE = "unreachable"  # ICMP host/net unreachable, no route
     TIMEOUT = "timeout"  # no answer within RelayOptions.connect_timeout
     ERROR = "error"  # any other OSError of the endpoint side
+    # lbd's own resources ran out (EMFILE, ENFILE, ENOBUFS, ENOMEM): not the endpoint's fault,
+    # so it ejects nothing; counted and logged per listener (Listener.local_failure).
+    LOCAL = "local_resources"
 
 
 class Router(Protocol):
@@ -60,6 +68,7 @@ class RelayOptions:
 
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # per attempt
     idle_timeout: float | None = None  # None = tunnel, never idle out (Service.idle_timeout_seconds)
+    socket_buffer: int | None = DEFAULT_SOCKET_BUFFER  # per socket and direction; None = kernel autotuning
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +97,7 @@ Tuning = TcpOptions | UdpOptions  # the per-protocol half of a listener's settin
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_SOCKET_BUFFER",
     "DEFAULT_UDP_FLOW_TIMEOUT",
     "DEFAULT_UDP_MAX_FLOWS",
     "Failure",

@@ -9,6 +9,8 @@ drain, cut).
 from __future__ import annotations
 
 import asyncio
+import errno
+import resource
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -98,6 +100,7 @@ class Listener:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self.housekeeping: asyncio.TimerHandle | None = None
         self._no_endpoint_log = BurstLog()
+        self._local_log = BurstLog()
         self._m_failures: dict[tuple[Target, Failure], Any] = {}
 
     # -- the verbs the daemon uses (protocols override what they need) ------------------------
@@ -126,6 +129,11 @@ class Listener:
         self.port_name = port_name
         self._m_failures.clear()
 
+    def forget_targets(self, targets: set[Target]) -> None:
+        """Endpoints that left: drop their cached failure counters (their series are removed)."""
+        for key in [k for k in self._m_failures if k[0] in targets]:
+            del self._m_failures[key]
+
     @property
     def active(self) -> int:
         """Established connections or flows."""
@@ -145,6 +153,26 @@ class Listener:
             )
         child.inc()
         self.router.failed(target, failure)
+
+    def local_failure(self, exc: OSError) -> None:
+        """lbd ran out of a local resource relaying a client: count it, log once per burst with
+        the errno and the fd limit, and blame no endpoint."""
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        metrics.local_resource_failures_total.labels(name).inc()
+        suppressed = self._local_log.hit(self.clock())
+        if suppressed is not None:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            log.error(
+                "local_resources_exhausted",
+                service=self.service,
+                port=self.port_name,
+                errno=name,
+                error=exc.strerror or str(exc),
+                nofile_limit=soft,
+                nofile_hard_limit=hard,
+                suppressed=suppressed,
+                hint="no endpoint was blamed; raise LimitNOFILE (systemd) or `ulimit -n`, or lower the load",
+            )
 
     def log_no_endpoint(self, client_ip: str, tried: Sequence[Target]) -> None:
         """No endpoint took a client: log the first of a burst, count the rest."""

@@ -80,17 +80,17 @@ class TcpListener(Listener):
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind and listen; accepted sockets inherit SO_KEEPALIVE and TCP_NODELAY (Linux clones them)."""
+        """Bind and listen; accepted sockets inherit SO_KEEPALIVE, TCP_NODELAY and the buffer cap
+        (Linux clones them)."""
         self.loop = asyncio.get_running_loop()
-        sock = bound_socket(
-            self.host,
-            self.port,
-            socket.SOCK_STREAM,
-            (
-                (socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self.tcp.keepalive)),
-                (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
-            ),
-        )
+        options = [
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self.tcp.keepalive)),
+            (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+        ]
+        if self.options.socket_buffer:  # before listen(): accepted sockets inherit the cap
+            options += [(socket.SOL_SOCKET, socket.SO_SNDBUF, self.options.socket_buffer),
+                        (socket.SOL_SOCKET, socket.SO_RCVBUF, self.options.socket_buffer)]
+        sock = bound_socket(self.host, self.port, socket.SOCK_STREAM, options)
         try:
             self._server = await self.loop.create_server(
                 functools.partial(Client, self), sock=sock, backlog=LISTEN_BACKLOG

@@ -66,6 +66,8 @@ _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close() sends RST,
 _UNREACHABLE_ERRNOS = frozenset(
     {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.ENONET}
 )
+# This host is out of something (file descriptors, socket buffers, memory): lbd's problem.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def classify_connect_error(exc: BaseException) -> Failure:
@@ -76,6 +78,8 @@ def classify_connect_error(exc: BaseException) -> Failure:
         return Failure.TIMEOUT
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS:
         return Failure.UNREACHABLE
+    if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+        return Failure.LOCAL
     return Failure.ERROR
 
 
@@ -85,9 +89,22 @@ def reset(transport: asyncio.Transport) -> None:
     if sock is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        except OSError:
+        except (OSError, ValueError):  # uvloop: ValueError once the transport dropped its fd
             pass  # already gone: abort() below still drops it
     transport.abort()
+
+
+def cap_buffers(transport: asyncio.BaseTransport, size: int) -> None:
+    """Cap the kernel buffers of the endpoint socket (client sockets inherit the listener's):
+    a client that stops reading then holds ~4 x size of kernel memory, not ~10 MiB."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except (OSError, ValueError):  # uvloop: ValueError once the transport dropped its fd
+        pass  # gone already: nothing to cap
 
 
 def _own_dup(transport: asyncio.BaseTransport) -> socket.socket | None:
@@ -190,7 +207,10 @@ class Upstream(asyncio.Protocol):
         if exc is None or client.upstream is not self:
             return  # success (connection_made handled it), or the client went away meanwhile
         reason = Failure.TIMEOUT if self.timed_out else classify_connect_error(exc)
-        client.connect_failed(self.target, reason)
+        if reason is Failure.LOCAL:
+            client.local_failure(cast(OSError, exc))
+        else:
+            client.connect_failed(self.target, reason)
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -459,6 +479,14 @@ class Client(asyncio.Protocol):
             return
         self.connect_next()
 
+    def local_failure(self, exc: OSError) -> None:
+        """lbd could not even make the attempt (no fd, no buffer): no endpoint is to blame and
+        every other one would fail the same way, so the client is reset now."""
+        self.upstream = None
+        self.listener.local_failure(exc)
+        if self.transport is not None and not self.transport.is_closing():
+            reset(self.transport)
+
     def upstream_connected(self, upstream: Upstream, transport: asyncio.Transport) -> None:
         client_transport = self.transport
         if self.upstream is not upstream or client_transport is None or client_transport.is_closing():
@@ -472,6 +500,8 @@ class Client(asyncio.Protocol):
         client_transport.set_write_buffer_limits(high, low)
         if tcp.keepalive:
             self.keepalive_due = lst.loop.time() + KEEPALIVE_SCAN_SECONDS
+        if self.options.socket_buffer:
+            cap_buffers(transport, self.options.socket_buffer)
         self.peer = transport
         pending = self.pending
         if pending is not None:

@@ -64,7 +64,10 @@ def lbd_socket_bytes(pid: int) -> tuple[int, int]:
             continue
         m = SKMEM.search(block)
         if m:
-            total += int(m[1]) + int(m[2]) + int(m[3])
+            forward = int(m[2])
+            if forward >= 1 << 31:  # sk_forward_alloc is signed; ss prints it unsigned
+                forward -= 1 << 32
+            total += int(m[1]) + forward + int(m[3])
             count += 1
     return total, count
 

@@ -1120,3 +1120,43 @@ def test_pipes_running_out_leave_no_fds_behind(monkeypatch: pytest.MonkeyPatch) 
         loop.close()
         a.close()
         b.close()
+
+
+def test_a_relay_ends_only_once_the_endpoint_side_has_flushed_what_the_client_sent() -> None:
+    """The endpoint says bye and half-closes first, then reads slowly; the client sends 2 MiB and
+    closes. The client side is done before lbd has written everything to the endpoint: a drain
+    must wait for that side too (it returned at once, and the rest was lost at exit)."""
+    total = 2 * 2**20
+    got: list[int] = []
+
+    def slow_reader(conn: socket.socket) -> None:
+        conn.sendall(b"bye")
+        conn.shutdown(socket.SHUT_WR)
+        n = 0
+        while data := conn.recv(32 * 1024):  # slowly: lbd's write buffer toward us stays full
+            n += len(data)
+            time.sleep(0.005)
+        got.append(n)
+
+    backend = Backend(slow_reader)
+    router = RecordingRouter([backend.target])
+
+    async def main() -> int:
+        listener = await started(router, tcp=TcpOptions(splice_after=None))
+
+        def client() -> bytes:
+            with connect(listener) as c:
+                c.sendall(b"x" * total)
+                c.shutdown(socket.SHUT_WR)
+                return recv_all(c)
+
+        assert await asyncio.to_thread(client) == b"bye"
+        listener.stop_accepting()
+        return await listener.drain(IO_TIMEOUT)
+
+    try:
+        aborted = run(main)
+    finally:
+        backend.close()
+    assert aborted == 0
+    assert got == [total]

@@ -20,9 +20,11 @@ def test_a_stalled_relay_holds_about_four_capped_buffers() -> None:
     result = stalled_memory.measure(6, [], settle=10.0)
     print(result)
     assert result["lbd_sockets"] == 12
-    # client socket's send queue + endpoint socket's receive queue, each at most 2 x the cap
-    # (the kernel doubles SO_SNDBUF/SO_RCVBUF), plus slack for skb overhead.
-    assert result["lbd_kib_per_relay"] < 5 * DEFAULT_SOCKET_BUFFER / 1024
+    # The client socket's send queue is at most 2 x the cap (inherited from the listener; the
+    # kernel doubles SO_SNDBUF). The endpoint socket is capped when the relay first falls
+    # behind (not per connection: it costs ~9 us), so its receive queue may hold the burst
+    # that arrived before: about 1 MiB on loopback. Uncapped, the two hold ~10 MiB.
+    assert result["lbd_kib_per_relay"] < 2 * DEFAULT_SOCKET_BUFFER / 1024 + 1536
 
 
 def test_socket_buffer_zero_leaves_the_kernel_autotuning() -> None:

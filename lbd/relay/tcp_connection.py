@@ -138,6 +138,7 @@ class Upstream(asyncio.Protocol):
         "nbytes",
         "bulk_read",
         "eof",
+        "lost",
     )
 
     def __init__(self, client: Client, target: Target, deadline: float) -> None:
@@ -153,6 +154,7 @@ class Upstream(asyncio.Protocol):
         self.nbytes = 0  # endpoint -> client
         self.bulk_read = client.bulk_read
         self.eof = False
+        self.lost = False  # connection_lost came: the endpoint side is closed
 
     def __call__(self) -> Upstream:
         return self
@@ -248,6 +250,8 @@ class Upstream(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.peer is not None:
             self.peer.pause_reading()
+        if self.client is not None:
+            self.client.stalled()  # the endpoint reads slowly
 
     def resume_writing(self) -> None:
         if self.peer is not None:
@@ -258,8 +262,11 @@ class Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.cancelled and self.coro is not None:
             return  # a late connect we aborted: _finished still owes the client its retry
+        self.lost = True
         peer, client = self.peer, self.client
         self.client = self.peer = None  # cut the cycles: refcounting frees the relay at once
+        if client is not None and client.client_gone:
+            client._finish()  # the client side closed first; this side has now flushed too
         if peer is None or peer.is_closing() or (client is not None and client.pump is not None):
             return
         if exc is not None:
@@ -287,8 +294,10 @@ class Client(asyncio.Protocol):
         "bulk_read",
         "bulk_bytes",
         "splice_waiting",
+        "buffers_capped",
         "pump",
         "finished",
+        "client_gone",
         "swept",
         "idle_for",
     )
@@ -310,8 +319,10 @@ class Client(asyncio.Protocol):
         self.bulk_read = _NEVER if self.tcp.splice_after is None else BULK_READ
         self.bulk_bytes = 0
         self.splice_waiting = False  # a switch waits for the write buffers to drain
+        self.buffers_capped = False  # the endpoint socket's kernel buffers (see stalled())
         self.pump: SplicePump | None = None  # set once the relay moved to splice
         self.finished = False
+        self.client_gone = False  # the client side closed while the endpoint side still flushes
         self.swept = 0  # bytes moved, as the last idle sweep saw them
         self.idle_for = 0.0
 
@@ -358,12 +369,28 @@ class Client(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.peer is not None:
             self.peer.pause_reading()
+        self.stalled()  # the client reads slowly
 
     def resume_writing(self) -> None:
         if self.peer is not None:
             self.peer.resume_reading()
         if self.splice_waiting:
             self.try_splice()
+
+    def stalled(self) -> None:
+        """One side fell behind, or a bulk transfer begins: cap the endpoint socket's buffers now.
+
+        Client sockets inherit the cap from the listener at no cost; the endpoint socket gets
+        it when a relay can start to queue (a side falls behind, or the relay moves to splice),
+        not per connection: two setsockopt calls cost ~9 us of the ~85 us a short connection
+        costs in all, and a short request/response never queues.
+        """
+        peer = self.peer
+        if self.buffers_capped or peer is None:
+            return
+        self.buffers_capped = True
+        if self.options.socket_buffer:
+            cap_buffers(peer, self.options.socket_buffer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.pump is not None:
@@ -379,6 +406,11 @@ class Client(asyncio.Protocol):
                     reset(transport)
                 else:
                     transport.close()
+            if upstream.transport is not None and not upstream.lost:
+                # The endpoint side may still be flushing what the client sent before its FIN:
+                # the relay ends (and a drain counts it as done) once that side is closed too.
+                self.client_gone = True
+                return
         self._finish()
 
     def _finish(self) -> None:
@@ -411,6 +443,7 @@ class Client(asyncio.Protocol):
             return
         if transport.is_closing() or peer.is_closing():
             return
+        self.stalled()  # a bulk transfer: cap the endpoint socket before the pump owns it
         if transport.get_write_buffer_size() or peer.get_write_buffer_size():
             if not self.splice_waiting:  # get resume_writing() called only once a buffer is empty
                 self.splice_waiting = True
@@ -500,8 +533,6 @@ class Client(asyncio.Protocol):
         client_transport.set_write_buffer_limits(high, low)
         if tcp.keepalive:
             self.keepalive_due = lst.loop.time() + KEEPALIVE_SCAN_SECONDS
-        if self.options.socket_buffer:
-            cap_buffers(transport, self.options.socket_buffer)
         self.peer = transport
         pending = self.pending
         if pending is not None:

@@ -7,6 +7,7 @@ reading the journal.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,15 +38,18 @@ class EventLog:
     def __init__(self, maxlen: int = MAX_EVENTS, clock: Callable[[], float] = time.time) -> None:
         self._events: deque[Event] = deque(maxlen=maxlen)
         self._clock = clock
+        self._lock = threading.Lock()  # readiness reports record from a worker thread
 
     def record(self, reason: str, service: str, subject: str, message: str) -> Event:
         event = Event(self._clock(), reason, service, subject, message)
-        self._events.append(event)
+        with self._lock:
+            self._events.append(event)
         return event
 
     def recent(self, service: str | None = None, limit: int = 100) -> list[Event]:
         """The newest `limit` events, oldest first; only `service`'s when given."""
-        chosen = [e for e in self._events if service is None or e.service == service]
+        with self._lock:
+            chosen = [e for e in self._events if service is None or e.service == service]
         return chosen[-limit:] if limit > 0 else []
 
     def __len__(self) -> int:

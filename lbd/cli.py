@@ -1,4 +1,4 @@
-"""`lbd run | check | get services | reload | demo`: the command line."""
+"""`lbd run | check | get | describe | reload | drain | undrain | demo`: the command line."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 import json
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lbd import ctl
 from lbd import log as lbd_log
 from lbd.options import DEFAULT_ADMIN_SOCKET, DEFAULT_STATE_DIR, default
 
@@ -76,10 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the node to judge externalTrafficPolicy: Local endpoints from")
     check.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
-    get = sub.add_parser("get", help="show what the running daemon serves")
-    get.add_argument("resource", choices=["services", "service", "svc"])
-    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    get.add_argument("--admin-socket", default=str(DEFAULT_ADMIN_SOCKET))
+    ctl.add_commands(sub)  # get, describe, drain, undrain
 
     reload = sub.add_parser("reload", help="make the running daemon re-read its config (like SIGHUP), and say what changed")
     reload.add_argument("--allow-empty", action="store_true",
@@ -95,7 +94,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from lbd import config
     from lbd.allocator import allocate
     from lbd.assignments import FileAssignmentStore
-    from lbd.status import check_view, render_table, statuses
+    from lbd.status import check_view, statuses
+    from lbd.views import services_table
 
     attempt = config.attempt(args.config)
     for warning in attempt.warnings:
@@ -116,22 +116,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(rows, indent=2))
     else:
-        print(render_table(rows))
+        print(services_table(rows, time.time(), wide=True))
         print(f"config OK: {len(loaded.sources)} file(s), {len(loaded.model.pools)} pool(s), "
               f"{len(loaded.model.services)} service(s)")
-    return 0
-
-
-def cmd_get(args: argparse.Namespace) -> int:
-    from lbd.admin import AdminUnavailable, request
-    from lbd.status import render_table
-
-    try:
-        rows = request(Path(args.admin_socket), "GET", "/v1/services")
-    except AdminUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(rows, indent=2) if args.output == "json" else render_table(rows))
     return 0
 
 
@@ -200,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "run":
         lbd_log.configure("console", level=40)  # quiet: commands print their own results
-    handlers = {"run": cmd_run, "check": cmd_check, "get": cmd_get, "reload": cmd_reload, "demo": cmd_demo}
+    handlers = {"run": cmd_run, "check": cmd_check, "reload": cmd_reload, "demo": cmd_demo, **ctl.HANDLERS}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -25,17 +25,15 @@ import contextlib
 import gc
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from lbd import config, metrics, preflight
-from lbd.admin import AdminServer, Handler, Request
+from lbd import api, config, metrics, preflight
+from lbd.admin import AdminServer
 from lbd.assignments import AssignmentStore, FileAssignmentStore
-from lbd.balancer import Target
 from lbd.config import Attempt
 from lbd.config_process import attempt_in_child
 from lbd.errors import CannotStart
@@ -43,13 +41,14 @@ from lbd.events import EventLog
 from lbd.health.checker import HealthChecker
 from lbd.limits import LOW_CONNECTIONS, raise_nofile
 from lbd.listeners import Listeners
-from lbd.model import Model
+from lbd.model import IPAddress, Model
 from lbd.net.presence import L2Presence, Presence
 from lbd.options import DaemonOptions
 from lbd.ownership import OwnershipGate, SingleNodeGate
+from lbd.readiness import Drain
 from lbd.reconcile import Reconciler, ShuttingDown
 from lbd.relay import RelayOptions
-from lbd.status import ServiceState, StatusDict, StatusView, statuses
+from lbd.status import ServiceState
 from lbd.systemd import Notifier
 from lbd.vips import Vips
 
@@ -63,6 +62,8 @@ RETRY_BLOCKED_SECONDS = 10.0
 # (a 10,000-service config parses in a few seconds).
 CONFIG_LOAD_TIMEOUT = 120.0
 RELOAD_SWITCH_INTERVAL = 0.001  # seconds; see collector_paused
+# `lbd drain` answers once the routers have it; a pass takes milliseconds, a huge one seconds.
+DRAIN_APPLY_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,7 @@ class Daemon:
             server = metrics.MetricsServer(*self.options.metrics_address)
             parts.append(Component("metrics", server.start, server.stop))
         if self.options.admin_socket is not None:
-            admin = AdminServer(self.options.admin_socket, self._routes())
+            admin = AdminServer(self.options.admin_socket, api.routes(self))
             parts.append(Component("admin", admin.start, admin.close))
         parts.append(Component("health", self.health.start, self.health.stop))
         parts.append(Component("dataplane", lambda: self._start_dataplane(model), self._stop_dataplane))
@@ -294,10 +295,13 @@ class Daemon:
         warnings = [str(w) for w in attempt.warnings]
         if attempt.loaded is None:
             log.error("reload_rejected", errors=len(attempt.errors))
+            self.events.record("ReloadRejected", "", "", f"{len(attempt.errors)} config error(s): "
+                               + "; ".join(str(e) for e in attempt.errors[:3]), "Warning")
             return ReloadResult(False, errors=[str(e) for e in attempt.errors], warnings=warnings)
         refusal = None if allow_empty else _removes_everything(self.reconciler.model, attempt.loaded)
         if refusal is not None:
             log.error("reload_rejected", errors=1, reason=refusal)
+            self.events.record("ReloadRejected", "", "", refusal, "Warning")
             return ReloadResult(False, errors=[refusal], warnings=warnings)
         try:
             applied = await self.reconciler.submit(attempt.loaded.model)
@@ -311,6 +315,7 @@ class Daemon:
             failed=sorted(applied.failed),
         )
         changes = {name: list(getattr(plan, name)) for name in ("added", "removed", "changed", "unchanged")}
+        self.events.record("ReloadApplied", "", "", plan.summary())
         return ReloadResult(True, plan.summary(), changes, dict(applied.failed), warnings=warnings)
 
     # ---- status and the admin API --------------------------------------------------------------
@@ -328,39 +333,24 @@ class Daemon:
         return (f"{len(states)} services, {len(self.vips.held())} VIPs, {waiting} pending, "
                 f"{ready}/{total} endpoints ready")
 
-    def service_statuses(self) -> list[StatusDict]:
-        r = self.reconciler
-        now = time.monotonic()
-        ejected: dict[tuple[str, str], frozenset[Target]] = {}
-        active: dict[tuple[str, str], int] = {}
-        for entry in self.listeners.running.values():
-            label = (entry.spec.service, entry.spec.port_name)
-            ejected[label] = ejected.get(label, frozenset()) | entry.router.passive.ejected(now)
-            active[label] = active.get(label, 0) + entry.listener.active
-        assignments = r.allocation.assignments if r.allocation is not None else {}
-        view = StatusView(r.conditions, r.readiness, ejected, active, self.health.last_results())
-        return statuses(r.model.services, assignments, view)
+    def vip_conflict(self, ip: IPAddress, other_mac: str) -> None:
+        """Another host answers ARP/NDP for one of our VIPs: a Warning on every service using it."""
+        for key, condition in self.reconciler.conditions.items():
+            if condition.ip == ip:
+                self.events.record("VIPConflict", key, str(ip), f"{other_mac} also claims {ip} on the wire",
+                                   "Warning")
 
-    def _routes(self) -> dict[tuple[str, str], Handler]:
-        async def get_services(request: Request) -> list[StatusDict]:
-            rows = self.service_statuses()
-            name = request.param("name")
-            if name is not None:
-                rows = [r for r in rows if name in (r["name"], f"{r['namespace']}/{r['name']}")]
-            return rows
-
-        async def post_reload(request: Request) -> dict[str, Any]:
-            allow_empty = request.param("allow_empty", "false") in ("1", "true", "yes")
-            return (await self.reload(allow_empty=allow_empty)).as_dict()
-
-        async def get_events(request: Request) -> list[dict[str, Any]]:
-            return [e.as_dict() for e in self.events.recent(request.param("service"))]
-
-        return {
-            ("GET", "/v1/services"): get_services,
-            ("POST", "/v1/reload"): post_reload,
-            ("GET", "/v1/events"): get_events,
-        }
+    async def set_drain(self, drain: Drain, on: bool) -> dict[str, Any]:
+        """`lbd drain` / `lbd undrain` an endpoint: an event, a log line; answers once a pass applied it."""
+        changed = self.reconciler.drain(drain) if on else self.reconciler.undrain(drain)
+        if changed:
+            reason = "EndpointDraining" if on else "EndpointUndrained"
+            words = "draining: no new connections or flows" if on else "drain ended: back in rotation"
+            log.info("endpoint_drain" if on else "endpoint_undrain", service=drain.service, endpoint=str(drain))
+            self.events.record(reason, drain.service, str(drain.address), words)
+        await asyncio.wait_for(self.reconciler.next_pass(), DRAIN_APPLY_TIMEOUT)
+        return {"endpoint": str(drain), "draining": on, "changed": changed,
+                "drains": sorted(str(d) for d in self.reconciler.drains)}
 
 
 def _removes_everything(running: Model, loaded: config.Loaded) -> str | None:
@@ -406,6 +396,7 @@ async def run_daemon(options: DaemonOptions) -> int:
         refresh_interval=options.garp_refresh,
     )
     daemon = Daemon(options, presence)
+    presence.l2.on_conflict = daemon.vip_conflict
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[ReloadResult]] = set()

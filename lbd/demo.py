@@ -20,7 +20,7 @@ from pathlib import Path
 from lbd.admin import AdminUnavailable
 from lbd.lab.netlab import Lab, LabError
 from lbd.lab.node import LbdNode
-from lbd.status import render_table
+from lbd.views import services_table
 
 HTTP_PORT = 8080  # what lbd/lab/backend.py serves
 UDP_PORT = 9001
@@ -119,7 +119,7 @@ def _run(lab: Lab, started: float) -> int:
     node = LbdNode(lab, config).start("--garp-interval", "0.2", "--drain-timeout", "2")
     rows = node.services()
     say("    $ lbd get services")
-    for line in render_table(rows).splitlines():
+    for line in services_table(rows, time.time()).splitlines():
         say(f"    {line}")
     vips = {r["name"]: r["externalIP"] for r in rows}
 
@@ -172,7 +172,7 @@ def _run(lab: Lab, started: float) -> int:
     say(f"    client errors: {errors}; {victim} answered {sum(a == victim for a in after)} of 6")
     say(f"    $ lbd get services   ({victim}: {endpoint(node, 'nginx-demo', str(lab.ip(victim)))['reason']}; "
         "its next passing probe brings it back)")
-    for line in render_table(node.services()).splitlines():
+    for line in services_table(node.services(), time.time()).splitlines():
         say(f"    {line}")
 
     step("SIGTERM: lbd stops accepting, drains, removes its VIPs and exits")

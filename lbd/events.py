@@ -23,10 +23,11 @@ class Event:
     """One thing that happened: `EndpointNotReady` for `default/web` `198.18.1.11`: `probe failed: HTTP 503`."""
 
     time: float  # seconds since the epoch
-    reason: str  # CamelCase, as Kubernetes events: EndpointReady, EndpointNotReady
-    service: str
-    subject: str  # what in the service: an endpoint's address
+    reason: str  # CamelCase, as Kubernetes events: IPAllocated, AllocationFailed, EndpointNotReady
+    service: str  # "namespace/name"; "" for lbd itself (a reload)
+    subject: str  # what in the service: an endpoint's address, a VIP; "" for the service itself
     message: str
+    type: str = "Normal"  # Normal | Warning, as Kubernetes events
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,8 +41,8 @@ class EventLog:
         self._clock = clock
         self._lock = threading.Lock()  # readiness reports record from a worker thread
 
-    def record(self, reason: str, service: str, subject: str, message: str) -> Event:
-        event = Event(self._clock(), reason, service, subject, message)
+    def record(self, reason: str, service: str, subject: str, message: str, type: str = "Normal") -> Event:
+        event = Event(self._clock(), reason, service, subject, message, type)
         with self._lock:
             self._events.append(event)
         return event

@@ -67,7 +67,7 @@ class PassiveFailures(Interface):
 def _router(spec: ListenerSpec) -> ServiceRouter:
     balancer = Balancer(spec.balancer.affinity, spec.balancer.timeout_seconds)
     router = ServiceRouter(balancer, PassiveHealth(), service=spec.service, port=spec.port_name)
-    router.update(spec.targets)
+    router.update(spec.targets, spec.draining)
     return router
 
 
@@ -127,9 +127,9 @@ class Listeners:
         if change.balancer:
             # A new policy starts a fresh affinity table; the rotation restarts too.
             entry.router.balancer = Balancer(spec.balancer.affinity, spec.balancer.timeout_seconds)
-            entry.router.update(spec.targets)
+            entry.router.update(spec.targets, spec.draining)
         elif change.targets:
-            entry.router.update(spec.targets)  # keeps round-robin position and affinities
+            entry.router.update(spec.targets, spec.draining)  # keeps round-robin position and affinities
         if change.options:
             entry.listener.set_options(spec.options, spec.tuning)
         if change.renamed:

@@ -67,6 +67,7 @@ class ListenerSpec:
     targets: tuple[Target, ...]
     tuning: Tuning | None = None  # the protocol's own settings (UDP: flow timeout and cap)
     probe: Probe | None = None  # the service's readinessProbe: a failed connect then counts as a failed probe
+    draining: frozenset[Target] = frozenset()  # `lbd drain`: no new picks, established flows stay
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +193,7 @@ def desire(
             )
             listeners[key] = ListenerSpec(
                 key, service.key, port.name or str(port.port), balancer, options, verdicts.targets(port), tuning,
-                service.readiness_probe,
+                service.readiness_probe, verdicts.draining(port),
             )
         if service.readiness_probe is not None:
             probes.update(ProbeSpec(ep.address, service.readiness_probe) for ep in service.endpoints)
@@ -228,7 +229,7 @@ def plan(running: Running, desired: Desired) -> Plan:
             update.append(
                 ListenerChange(
                     new,
-                    targets=old.targets != new.targets,
+                    targets=old.targets != new.targets or old.draining != new.draining,
                     balancer=old.balancer != new.balancer,
                     options=old.options != new.options or old.tuning != new.tuning,
                     renamed=old.port_name != new.port_name,

@@ -25,13 +25,13 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from lbd.balancer import Target
 from lbd.health.probe import ProbeSpec, ProbeVerdict
-from lbd.model import Endpoint, Model, Service, ServicePort, TrafficPolicy
+from lbd.model import Endpoint, IPAddress, Model, Service, ServicePort, TrafficPolicy
 
 
 class EndpointReason(StrEnum):
@@ -44,6 +44,7 @@ class EndpointReason(StrEnum):
     OTHER_NODE = "OtherNode"  # externalTrafficPolicy Local and the endpoint is on another node
     PROBE_PENDING = "ProbePending"  # initial delay, no result yet, or not enough successes yet
     PROBE_FAILED = "ProbeFailed"
+    DRAINING = "Draining"  # `lbd drain endpoint`: no new connections or flows; established ones finish
 
     @property
     def in_ready_set(self) -> bool:
@@ -58,6 +59,7 @@ REASON_TEXT = {
     EndpointReason.TERMINATING: "terminating",
     EndpointReason.OTHER_NODE: "on another node (externalTrafficPolicy Local)",
     EndpointReason.PROBE_PENDING: "no probe result yet",
+    EndpointReason.DRAINING: "draining (lbd drain): established connections finish, no new ones",
     EndpointReason.PROBE_FAILED: "probe failed",
 }
 
@@ -95,6 +97,10 @@ class ServiceReadiness:
         """The ready set as the targets of one service port (endpoints may override the port)."""
         return tuple(dict.fromkeys(s.target(port) for s in self.endpoints if s.ready))
 
+    def draining(self, port: ServicePort) -> frozenset[Target]:
+        """Drained endpoints: out of the ready set, but an established UDP flow may stay on one."""
+        return frozenset(s.target(port) for s in self.endpoints if s.reason is EndpointReason.DRAINING)
+
     @property
     def ready_count(self) -> int:
         return sum(1 for s in self.endpoints if s.ready)
@@ -103,35 +109,71 @@ class ServiceReadiness:
 Readiness = Mapping[str, ServiceReadiness]  # service key -> its endpoints' verdicts
 
 
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """An operator's `lbd drain endpoint SERVICE ADDRESS[:PORT]`, as HAProxy's `set server ... state drain`."""
+
+    service: str  # "namespace/name"
+    address: IPAddress
+    port: int | None = None  # None: the endpoint on every port
+
+    def matches(self, service: Service, endpoint: Endpoint) -> bool:
+        if service.key != self.service or endpoint.address != self.address:
+            return False
+        return self.port is None or any(endpoint.target_port(p) == self.port for p in service.ports)
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{self.service} {host}" + (f":{self.port}" if self.port is not None else "")
+
+
+def endpoint_label(endpoint: Endpoint) -> str:
+    """What names an endpoint in logs, events and metric labels: its address, with its port when
+    it overrides the service's (the native format lets one address serve as several endpoints)."""
+    if endpoint.port is None:
+        return str(endpoint.address)
+    host = f"[{endpoint.address}]" if endpoint.address.version == 6 else str(endpoint.address)
+    return f"{host}:{endpoint.port}"
+
+
 def is_local(endpoint: Endpoint, node: str) -> bool:
     """Whether `endpoint` runs on `node` (unknown nodeName counts as local)."""
     return endpoint.node_name is None or endpoint.node_name == node
 
 
-def assess(service: Service, node: str, probes: ProbeVerdicts | None = None) -> ServiceReadiness:
+def assess(
+    service: Service, node: str, probes: ProbeVerdicts | None = None, drains: Collection[Drain] = ()
+) -> ServiceReadiness:
     """The verdict for every endpoint of `service` as seen from `node`.
 
     `probes` None: nothing runs probes (`lbd check`), the config's conditions decide alone.
-    Otherwise a probed endpoint with no verdict yet is waiting for its first result.
+    Otherwise a probed endpoint with no verdict yet is waiting for its first result. A drained
+    endpoint is out of the ready set whatever else is said of it.
     """
     local_only = service.external_traffic_policy is TrafficPolicy.LOCAL
-    eligible = [not local_only or is_local(ep, node) for ep in service.endpoints]
+    drained = [any(d.matches(service, ep) for d in drains) for ep in service.endpoints] if drains else None
+    eligible = [
+        (not local_only or is_local(ep, node)) and not (drained and drained[i])
+        for i, ep in enumerate(service.endpoints)
+    ]
     said = [_probe_says(service, ep, probes) for ep in service.endpoints]
     any_ready = any(
         ok and ep.ready and not ep.terminating and (v is None or v.ready)
         for ep, ok, v in zip(service.endpoints, eligible, said)
     )
     verdicts = []
-    for endpoint, ok, verdict in zip(service.endpoints, eligible, said):
-        reason = _reason(endpoint, ok, any_ready, verdict)
+    for i, (endpoint, ok, verdict) in enumerate(zip(service.endpoints, eligible, said)):
+        reason = EndpointReason.DRAINING if drained and drained[i] else _reason(endpoint, ok, any_ready, verdict)
         detail = verdict.reason if verdict is not None and reason in _PROBE_DECIDED else None
         verdicts.append(EndpointStatus(endpoint, reason, detail))
     return ServiceReadiness(tuple(verdicts))
 
 
-def assess_model(model: Model, node: str, probes: ProbeVerdicts | None = None) -> dict[str, ServiceReadiness]:
+def assess_model(
+    model: Model, node: str, probes: ProbeVerdicts | None = None, drains: Collection[Drain] = ()
+) -> dict[str, ServiceReadiness]:
     """`assess` for every service of the model, by service key."""
-    return {service.key: assess(service, node, probes) for service in model.services}
+    return {service.key: assess(service, node, probes, drains) for service in model.services}
 
 
 def _probe_says(service: Service, endpoint: Endpoint, probes: ProbeVerdicts | None) -> ProbeVerdict | None:
@@ -177,9 +219,9 @@ def changes(before: Readiness, after: Readiness) -> list[ReadinessChange]:
         old = before.get(key)
         if old is None or old is now:
             continue
-        previous = {str(s.endpoint.address): s for s in old.endpoints}
+        previous = {endpoint_label(s.endpoint): s for s in old.endpoints}
         for status in now.endpoints:
-            address = str(status.endpoint.address)
+            address = endpoint_label(status.endpoint)
             was = previous.get(address)
             if was is None or (was.ready, was.text) == (status.ready, status.text):
                 continue

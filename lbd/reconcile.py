@@ -43,9 +43,14 @@ from lbd.listeners import Listeners
 from lbd.model import IPAddress, Model, Service
 from lbd.ownership import Ownership, OwnershipGate
 from lbd.plan import Desired, Plan, Running, desire, plan
-from lbd.readiness import Readiness, ServiceReadiness, assess
+from lbd.readiness import Drain, Readiness, ServiceReadiness, assess
 from lbd.relay import RelayOptions
-from lbd.status import UNSERVED_PORT_REASON, ServiceCondition, ServiceState, condition_of
+from lbd.status import (
+    UNSERVED_PORT_REASON,
+    ServiceCondition,
+    ServiceState,
+    condition_of,
+)
 from lbd.vips import PRESENCE_ERRORS, Vips
 
 log = structlog.get_logger("lbd.reconcile")
@@ -125,13 +130,15 @@ class Reconciler:
         self.vips = vips
         self.listeners = listeners
         self.health = health  # None: probes are not run and the config's conditions decide alone
-        self.events = events or EventLog()
+        self.events = events if events is not None else EventLog()
         self.readiness_report = ReadinessReport(self.events)
         self.model = Model()
         self.allocation: Allocation | None = None
         self.readiness: Readiness = {}
         self.running = Running()
         self.blocked: dict[str, str] = {}  # service key -> why it is not served (until a retry)
+        self.drains: set[Drain] = set()  # `lbd drain endpoint`: out of the ready set until undrained
+        self.first_seen: dict[str, float] = {}  # service key -> when this daemon first saw it (AGE)
         self.conditions: dict[str, ServiceCondition] = {}
         self._stored: Stored | None = None
         self._pending_model: Model | None = None
@@ -176,6 +183,31 @@ class Reconciler:
             return future
         self._pending_model = model
         self._retry_blocked = True  # a new config retries everything
+        self._waiters.append(future)
+        self._dirty.set()
+        return future
+
+    def drain(self, drain: Drain) -> bool:
+        """Operator drain (kept across reloads, gone on restart); False if it was drained already."""
+        if drain in self.drains:
+            return False
+        self.drains.add(drain)
+        self.mark_dirty()
+        return True
+
+    def undrain(self, drain: Drain) -> bool:
+        if drain not in self.drains:
+            return False
+        self.drains.discard(drain)
+        self.mark_dirty()
+        return True
+
+    def next_pass(self) -> asyncio.Future[Applied]:
+        """A pass of what is served now (after a drain, say); resolves when it has been applied."""
+        future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        if self._stopping:
+            future.set_exception(ShuttingDown("lbd is shutting down"))
+            return future
         self._waiters.append(future)
         self._dirty.set()
         return future
@@ -274,7 +306,7 @@ class Reconciler:
             if s.exposed and s.key not in self.blocked and allocation.ip_of(s.key) is not None
         )
         verdicts = self._verdicts(model, served)
-        return await off_loop(_assess_all, model, self.node, served, verdicts)
+        return await off_loop(_assess_all, model, self.node, served, verdicts, frozenset(self.drains))
 
     def _verdicts(self, model: Model, served: frozenset[str]) -> dict[ProbeSpec, ProbeVerdict] | None:
         """What the checker says now about every probed endpoint of a served service."""
@@ -422,19 +454,50 @@ class Reconciler:
                 desired.protocols,
             )
             now[service.key] = condition
+            self.first_seen.setdefault(service.key, time.time())
             old = before.get(service.key)
             if old == condition:
                 continue
             if old is not None and old.state is ServiceState.SERVING and old.ip != condition.ip:
-                log.info("service_released", service=service.key, ip=str(old.ip))
-            _log_condition(service.key, condition)
+                self._released(service.key, old)
+            if condition.ip is not None and (old is None or old.ip != condition.ip):
+                assignment = self.allocation.assignments.get(service.key)
+                pool = assignment.pool if assignment is not None else None
+                self.events.record("IPAllocated", service.key, str(condition.ip),
+                                   f"Assigned IP [\"{condition.ip}\"] from pool {pool}")
+            self._log_condition(service.key, condition)
         for key, old in before.items():
-            if key not in now and old.state is ServiceState.SERVING:
-                log.info("service_released", service=key, ip=str(old.ip))
+            if key not in now:
+                self.first_seen.pop(key, None)
+                if old.state is ServiceState.SERVING:
+                    self._released(key, old)
         self.conditions = now
         counts = Counter(c.state for c in now.values())
         for state in ServiceState:
             metrics.services.labels(str(state)).set(counts.get(state, 0))
+
+    def _released(self, key: str, old: ServiceCondition) -> None:
+        log.info("service_released", service=key, ip=str(old.ip))
+        self.events.record("IPReleased", key, str(old.ip), f"Released IP {old.ip}")
+
+    def _log_condition(self, key: str, condition: ServiceCondition) -> None:
+        """A service's new condition: one log line and one event, in the words the status uses."""
+        events, ip = self.events, str(condition.ip)
+        if condition.state is ServiceState.SERVING:
+            log.info("service_serving", service=key, ip=ip)
+            # MetalLB's speaker event, same reason and message shape.
+            events.record("nodeAssigned", key, ip, f'announcing from node "{self.node}" with protocol "layer2"')
+            for port in condition.unserved_ports:
+                log.warning("port_not_served", service=key, port=port, reason=UNSERVED_PORT_REASON)
+        elif condition.state is ServiceState.PENDING:
+            log.warning("allocation_failed", service=key, reason=condition.reason)
+            events.record("AllocationFailed", key, "", str(condition.reason), "Warning")  # MetalLB's reason
+        elif condition.state is ServiceState.FAILED:
+            log.error("service_failed", service=key, ip=ip, reason=condition.reason)
+            events.record("ServiceFailed", key, ip, str(condition.reason), "Warning")
+        elif condition.state is ServiceState.STANDBY:
+            log.info("service_standby", service=key, ip=ip, reason=condition.reason)
+            events.record("Standby", key, ip, str(condition.reason))
 
 
 def _pool_metrics(model: Model, allocation: Allocation) -> None:
@@ -447,19 +510,12 @@ def _pool_metrics(model: Model, allocation: Allocation) -> None:
 
 
 def _assess_all(
-    model: Model, node: str, served: frozenset[str], verdicts: dict[ProbeSpec, ProbeVerdict] | None
+    model: Model,
+    node: str,
+    served: frozenset[str],
+    verdicts: dict[ProbeSpec, ProbeVerdict] | None,
+    drains: frozenset[Drain],
 ) -> dict[str, ServiceReadiness]:
-    return {s.key: assess(s, node, verdicts if s.key in served else None) for s in model.services}
+    return {s.key: assess(s, node, verdicts if s.key in served else None, drains) for s in model.services}
 
 
-def _log_condition(key: str, condition: ServiceCondition) -> None:
-    if condition.state is ServiceState.SERVING:
-        log.info("service_serving", service=key, ip=str(condition.ip))
-        for port in condition.unserved_ports:
-            log.warning("port_not_served", service=key, port=port, reason=UNSERVED_PORT_REASON)
-    elif condition.state is ServiceState.PENDING:
-        log.warning("allocation_failed", service=key, reason=condition.reason)  # MetalLB: AllocationFailed
-    elif condition.state is ServiceState.FAILED:
-        log.error("service_failed", service=key, ip=str(condition.ip), reason=condition.reason)
-    elif condition.state is ServiceState.STANDBY:
-        log.info("service_standby", service=key, ip=str(condition.ip), reason=condition.reason)

@@ -30,7 +30,7 @@ class ServiceRouter:
     ejection alone steers traffic away, as before.
     """
 
-    __slots__ = ("balancer", "passive", "service", "port", "probe_failed", "generation", "_clock")
+    __slots__ = ("_clock", "balancer", "draining", "generation", "passive", "port", "probe_failed", "service")
 
     def __init__(
         self,
@@ -46,17 +46,22 @@ class ServiceRouter:
         self.port = port
         self.probe_failed: ProbeFailure | None = None
         self.generation = 0  # bumped when the ready set may have changed (UDP flows re-check then)
+        self.draining: frozenset[Target] = frozenset()
         self._clock = clock
 
-    def update(self, targets: Sequence[Target]) -> None:
-        """New READY targets (endpoint churn or active health): keeps rotation and affinity."""
+    def update(self, targets: Sequence[Target], draining: frozenset[Target] = frozenset()) -> None:
+        """New READY targets (endpoint churn or active health): keeps rotation and affinity.
+
+        `draining` targets get no new picks, but established flows may stay on them (operator drain).
+        """
         self.balancer.update(targets)
-        self.passive.retain(frozenset(targets))
+        self.passive.retain(frozenset(targets) | draining)
+        self.draining = draining
         self.generation += 1
 
     def is_ready(self, target: Target) -> bool:
-        """Whether `target` is in the ready set (an established UDP flow may keep using it)."""
-        return target in self.balancer.ready
+        """Whether an established UDP flow may keep using `target`: ready, or drained by an operator."""
+        return target in self.balancer.ready or target in self.draining
 
     def pick(self, client_ip: str, tried: Collection[Target]) -> Target | None:
         """Each target at most once per client connection; ejected ones only when nothing else is left."""

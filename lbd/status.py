@@ -9,6 +9,7 @@ table from a config file (`check`) and from the running daemon (`get`).
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -83,6 +84,8 @@ class StatusView:
     active: Mapping[tuple[str, str], int] = field(default_factory=dict)
     # The newest result of each running probe (the health checker's).
     probe_results: Mapping[ProbeSpec, ProbeResult] = field(default_factory=dict)
+    # Service key -> when the running daemon first saw it (seconds since the epoch): AGE.
+    first_seen: Mapping[str, float] = field(default_factory=dict)
 
 
 def service_status(
@@ -169,9 +172,14 @@ def statuses(services: Iterable[Service], assignments: Mapping[str, Assignment],
         assignment = assignments.get(service.key)
         condition = view.conditions.get(service.key) or condition_of(service, assignment)
         readiness = view.readiness.get(service.key) or assess(service, node="")
-        rows.append(
-            service_status(service, assignment, condition, readiness, view.ejected, view.active, view.probe_results)
+        row = service_status(service, assignment, condition, readiness, view.ejected, view.active, view.probe_results)
+        seen = view.first_seen.get(service.key)
+        # kubectl's metadata.creationTimestamp: here, when this daemon first served the object.
+        row["creationTimestamp"] = (
+            datetime.datetime.fromtimestamp(seen, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if seen is not None else None
         )
+        rows.append(row)
     return rows
 
 
@@ -182,51 +190,3 @@ def check_view(services: Iterable[Service], assignments: Mapping[str, Assignment
         conditions={s.key: condition_of(s, assignments.get(s.key)) for s in services},
         readiness={s.key: assess(s, node) for s in services},
     )
-
-
-def _ports_cell(status: StatusDict) -> str:
-    cells = []
-    for p in status["ports"]:
-        arrow = "" if p["targetPort"] == p["port"] else f"->{p['targetPort']}"
-        cells.append(f"{p['port']}{arrow}/{p['protocol']}")
-    return ",".join(cells) or "<none>"
-
-
-def _external_ip_cell(status: StatusDict) -> str:
-    if status["externalIP"]:
-        return status["externalIP"]
-    return "<pending>" if status["type"] == "LoadBalancer" and not status["note"] else "<none>"
-
-
-def render_table(rows: list[StatusDict]) -> str:
-    """kubectl-style columns; reasons for <pending> and not-exposed services follow the table."""
-    show_ns = any(r["namespace"] != "default" for r in rows)
-    header = (["NAMESPACE"] if show_ns else []) + ["NAME", "TYPE", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS", "AFFINITY"]
-    table = [header]
-    for r in rows:
-        ready = sum(1 for e in r["endpoints"] if e["ready"])
-        line = [r["namespace"]] if show_ns else []
-        line += [
-            r["name"],
-            r["type"],
-            _external_ip_cell(r),
-            _ports_cell(r),
-            f"{ready}/{len(r['endpoints'])}",
-            r["sessionAffinity"],
-        ]
-        table.append(line)
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    out = ["   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-    for r in rows:
-        key = f"{r['namespace']}/{r['name']}"
-        if r["pending_reason"]:
-            out.append(f"{key}: <pending>: {r['pending_reason']}")
-        elif r["note"]:
-            out.append(f"{key}: {r['note']}")
-        elif r.get("state") == ServiceState.SERVING and not all(p.get("served", True) for p in r["ports"]):
-            unserved = ", ".join(f"{p['port']}/{p['protocol']}" for p in r["ports"] if not p.get("served", True))
-            out.append(f"{key}: {unserved} not served: {UNSERVED_PORT_REASON}")
-    for r in rows:
-        if r.get("readinessProbe"):
-            out.append(f"{r['namespace']}/{r['name']}: readiness {r['readinessProbe']}")
-    return "\n".join(out)

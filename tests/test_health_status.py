@@ -8,7 +8,8 @@ from lbd.allocator import Assignment
 from lbd.health.probe import Outcome, ProbeResult, ProbeSpec, ProbeVerdict
 from lbd.model import Endpoint, HTTPGetAction, Probe, Service, ServicePort
 from lbd.readiness import assess
-from lbd.status import ServiceCondition, ServiceState, render_table, service_status
+from lbd.status import ServiceCondition, ServiceState, service_status
+from lbd.views import services_table
 
 PROBE = Probe(HTTPGetAction(8080, "/health"), period_seconds=2)
 A, B = ipaddress.ip_address("198.18.0.11"), ipaddress.ip_address("198.18.0.12")
@@ -27,7 +28,7 @@ def test_endpoints_show_reason_code_and_last_probe_and_the_table_counts_ready() 
     assert (second["ready"], second["reason"], second["code"]) == (False, "probe failed: HTTP 503", "ProbeFailed")
     assert second["lastProbe"] == {"result": "failure", "detail": "HTTP 503", "latencyMs": 4.2}
     assert row["readinessProbe"].startswith("http-get http://:8080/health")
-    table = render_table([row])
+    table = services_table([row], now=0.0)
     assert table.splitlines()[1].split()[4] == "1/2"  # ENDPOINTS ready/total
     assert "default/web: readiness http-get http://:8080/health delay=0s timeout=1s period=2s" in table
 

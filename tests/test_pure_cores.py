@@ -19,6 +19,7 @@ PURE = [
     "ownership.py",
     "plan.py",
     "status.py",
+    "views.py",
     "health/passive.py",
     "relay/flows.py",
     "health/probe.py",

@@ -156,3 +156,39 @@ def test_changes_report_flips_and_new_reasons_not_appearances() -> None:
     later = {"default/web": assess(probed(ep(11), ep(12)), "n", verdicts(e11=refused, e12=PASSED))}
     assert [c.reason for c in changes(after, later)] == ["connect refused"]
     assert changes(later, later) == [] and changes({}, later) == []
+
+
+def test_a_drained_endpoint_leaves_the_ready_set_and_the_rest_stays() -> None:
+    from lbd.readiness import Drain
+
+    service = svc(ep(11), ep(12), ep(13, port=7000))
+    drains = [Drain("default/web", ep(12).address)]
+    assert reasons_with(service, drains) == [EndpointReason.READY, EndpointReason.DRAINING, EndpointReason.READY]
+    # A port narrows it to the endpoint on that target port.
+    assert reasons_with(service, [Drain("default/web", ep(13).address, 7000)])[2] is EndpointReason.DRAINING
+    assert reasons_with(service, [Drain("default/web", ep(13).address, 8080)])[2] is EndpointReason.READY
+    assert reasons_with(service, [Drain("default/other", ep(12).address)])[1] is EndpointReason.READY
+
+
+def test_draining_every_ready_endpoint_lets_serving_terminating_ones_take_over() -> None:
+    from lbd.readiness import Drain
+
+    service = svc(ep(11), ep(12, ready=False, serving=True, terminating=True))
+    assert reasons_with(service, [Drain("default/web", ep(11).address)]) == [
+        EndpointReason.DRAINING, EndpointReason.SERVING_TERMINATING,
+    ]
+
+
+def reasons_with(service: Service, drains: list) -> list[EndpointReason]:  # type: ignore[type-arg]
+    return [s.reason for s in assess(service, "node-a", None, drains).endpoints]
+
+
+def test_a_drained_endpoint_is_in_the_draining_targets_of_each_port_not_the_ready_ones() -> None:
+    from lbd.readiness import Drain
+
+    service = svc(ep(11), ep(12))
+    verdicts = assess(service, "node-a", None, [Drain("default/web", ep(12).address)])
+    for port in service.ports:
+        target = port.target_port
+        assert verdicts.targets(port) == (("198.18.0.11", target),)
+        assert verdicts.draining(port) == frozenset({("198.18.0.12", target)})

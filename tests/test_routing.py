@@ -110,3 +110,12 @@ def test_update_forgets_passive_state_of_removed_targets() -> None:
     r.update([B])
     r.update([A, B])
     assert r.passive.ejected(clock.now) == frozenset()
+
+
+def test_a_drained_target_gets_no_new_picks_but_its_established_flows_may_stay() -> None:
+    r, _ = router([A, B, C])
+    r.update([A, C], draining=frozenset({B}))
+    assert {r.pick(f"192.0.2.{i}", []) for i in range(6)} == {A, C}
+    assert r.is_ready(B) and r.is_ready(A)  # a UDP flow on B stays until it idles out
+    r.update([A, C])  # undrained and gone: a flow on B moves with its next datagram
+    assert not r.is_ready(B)

@@ -14,7 +14,7 @@ import structlog
 
 from lbd import metrics
 from lbd.events import EventLog
-from lbd.readiness import Readiness, changes
+from lbd.readiness import Readiness, changes, endpoint_label
 
 log = structlog.get_logger("lbd.health")
 
@@ -36,13 +36,14 @@ class ReadinessReport:
                 log.warning("endpoint_not_ready", service=change.service, endpoint=change.endpoint,
                             reason=change.reason, was_ready=change.was_ready)
             self.events.record(
-                "EndpointReady" if change.ready else "EndpointNotReady", change.service, change.endpoint, change.reason
+                "EndpointReady" if change.ready else "EndpointNotReady", change.service, change.endpoint, change.reason,
+                "Normal" if change.ready else "Warning",
             )
         now: dict[tuple[str, str], int] = {}
         for key in served:
             readiness = after.get(key)
             for status in readiness.endpoints if readiness is not None else ():
-                now[(key, str(status.endpoint.address))] = int(status.ready)
+                now[(key, endpoint_label(status.endpoint))] = int(status.ready)
         for labels, value in now.items():
             if self._exported.get(labels) != value:
                 metrics.endpoint_ready.labels(*labels).set(value)

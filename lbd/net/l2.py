@@ -19,7 +19,7 @@ import contextlib
 import ctypes
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -38,6 +38,9 @@ ETH_P_ALL = 0x0003  # include/uapi/linux/if_ether.h; only ETH_P_ALL taps see out
 SO_ATTACH_FILTER = 26  # include/uapi/asm-generic/socket.h
 SNAPLEN = 128  # bytes kept per frame: an NS/NA with one option is 86, ARP 42
 MAX_FRAMES_PER_WAKEUP = 64  # bound the work one readable event can do on a noisy segment
+
+# Told once per (VIP, other MAC) when another host claims one of our VIPs: (vip, other_mac).
+ConflictHook = Callable[[IPAddress, str], None]
 
 # Classic BPF: keep ARP and ICMPv6 neighbour solicitations/advertisements (no IPv6 extension
 # headers, as NDP sends them), drop everything else in the kernel so data traffic never wakes us.
@@ -67,8 +70,9 @@ def _attach_filter(sock: socket.socket, program: Sequence[tuple[int, int, int, i
 class _Watcher:
     """One AF_PACKET socket on one interface: sends our frames, sees ARP/NDP both ways."""
 
-    def __init__(self, link: Link, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, link: Link, loop: asyncio.AbstractEventLoop, on_conflict: ConflictHook | None = None) -> None:
         self.link = link
+        self.on_conflict = on_conflict
         self.mac_text = format_mac(link.mac)
         self.vips: set[IPAddress] = set()  # announced on this interface; the rest is ignored
         self._conflicts_logged: set[tuple[IPAddress, bytes]] = set()
@@ -141,6 +145,8 @@ class _Watcher:
                         mac=self.mac_text,
                         other_mac=format_mac(sighting.mac),
                     )
+                    if self.on_conflict is not None:
+                        self.on_conflict(sighting.ip, format_mac(sighting.mac))
 
 
 @dataclass(slots=True)
@@ -172,6 +178,7 @@ class L2Announcer:
         self.refresh_interval = refresh_interval
         self._announced: dict[IPAddress, _Announcement] = {}
         self._watchers: dict[str, _Watcher] = {}  # interface name -> packet socket
+        self.on_conflict: ConflictHook | None = None  # the daemon's: an event per service of the VIP
 
     async def close(self) -> None:
         """Stop every burst and close every packet socket."""
@@ -226,7 +233,7 @@ class L2Announcer:
         old = self._watchers.get(link.name)
         if old is not None and (old.link.index, old.link.mac) == (link.index, link.mac):
             return old
-        watcher = _Watcher(link, asyncio.get_running_loop())
+        watcher = _Watcher(link, asyncio.get_running_loop(), self.on_conflict)
         if old is not None:  # the interface was recreated or changed its MAC: move its VIPs over
             watcher.vips = old.vips
             for announcement in self._announced.values():

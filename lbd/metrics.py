@@ -5,7 +5,7 @@ in Prometheus text format. Names follow MetalLB where MetalLB has one, exactly, 
 dashboards and alerts work unchanged: its counters carry no `_total` (Go's client adds no
 suffix; prometheus-client's Counter does, see BareCounter), and no series has a `_created`
 sibling. Series of what goes away (a service port, an endpoint, a pool, a VIP) are removed with
-it (`forget_*`), so churn never grows the registry.
+it (`forget_*`, lbd.relay.books), so churn never grows the registry.
 """
 
 from __future__ import annotations
@@ -104,6 +104,28 @@ bytes_total = Counter(
     registry=REGISTRY,
 )
 
+# The same per endpoint (`endpoint` is ip:port, as in lbd_upstream_connect_failures_total):
+# plain ints in each listener's books (lbd.relay.books), flushed by its housekeeping.
+endpoint_connections_active = Gauge(
+    "lbd_endpoint_connections_active",
+    "Relayed TCP connections open to the endpoint now",
+    ["service", "port", "endpoint"],
+    registry=REGISTRY,
+)
+endpoint_connections_total = Counter(
+    "lbd_endpoint_connections_total",
+    "TCP connections relayed to the endpoint (its connect succeeded)",
+    ["service", "port", "endpoint"],
+    registry=REGISTRY,
+)
+endpoint_bytes_total = Counter(
+    "lbd_endpoint_bytes_total",
+    "TCP bytes relayed to and from the endpoint, counted when the connection ends; direction is "
+    "client_to_endpoint or endpoint_to_client",
+    ["service", "port", "endpoint", "direction"],
+    registry=REGISTRY,
+)
+
 # UDP data plane.
 udp_flows_active = Gauge("lbd_udp_flows_active", "UDP flows open now", ["service", "port"], registry=REGISTRY)
 udp_flows_total = Counter(
@@ -122,6 +144,22 @@ udp_drops_total = Counter(
     "lbd_udp_drops_total",
     "UDP datagrams dropped: no_endpoint, would_block, flow_evicted, too_large, local_error",
     ["service", "port", "reason"],
+    registry=REGISTRY,
+)
+
+# The same per endpoint.
+endpoint_udp_flows_active = Gauge(
+    "lbd_endpoint_udp_flows_active", "UDP flows open to the endpoint now", ["service", "port", "endpoint"],
+    registry=REGISTRY,
+)
+endpoint_udp_flows_total = Counter(
+    "lbd_endpoint_udp_flows_total", "UDP flows opened to the endpoint", ["service", "port", "endpoint"],
+    registry=REGISTRY,
+)
+endpoint_udp_bytes_total = Counter(
+    "lbd_endpoint_udp_bytes_total",
+    "UDP payload bytes sent to and received from the endpoint, by direction",
+    ["service", "port", "endpoint", "direction"],
     registry=REGISTRY,
 )
 
@@ -198,9 +236,11 @@ for _result in ("success", "failure"):  # both series from the start: rate() and
     config_reloads_total.labels(_result)
 
 
+TCP_ENDPOINT_METRICS = (endpoint_connections_active, endpoint_connections_total, endpoint_bytes_total)
+UDP_ENDPOINT_METRICS = (endpoint_udp_flows_active, endpoint_udp_flows_total, endpoint_udp_bytes_total)
 LISTENER_METRICS = (connections_total, connections_active, connect_failures_total, no_endpoint_resets_total,
                     bytes_total, udp_flows_active, udp_flows_total, udp_datagrams_total, udp_bytes_total,
-                    udp_drops_total)
+                    udp_drops_total, *TCP_ENDPOINT_METRICS, *UDP_ENDPOINT_METRICS)
 LAYER2_METRICS = (gratuitous_sent_total, requests_received_total, responses_sent_total, layer2_conflicts_total)
 POOL_METRICS = (addresses_in_use, addresses_total)
 

@@ -62,9 +62,9 @@ async def _serve(args: argparse.Namespace) -> int:
             return metrics.REGISTRY.get_sample_value(name, {"ip": ip}) or 0.0
 
         return {
-            "gratuitous": value("metallb_layer2_gratuitous_sent_total"),
-            "requests": value("metallb_layer2_requests_received_total"),
-            "responses": value("metallb_layer2_responses_sent_total"),
+            "gratuitous": value("metallb_layer2_gratuitous_sent"),
+            "requests": value("metallb_layer2_requests_received"),
+            "responses": value("metallb_layer2_responses_sent"),
             "conflicts": value("lbd_layer2_conflicts_total"),
         }
 

@@ -271,6 +271,8 @@ def test_drain_under_a_client_loop_sends_no_new_connection_to_the_endpoint_and_k
         rows = json.loads(lbd_cli(node, "get", "endpoints", "web", "-o", "json").stdout)
         assert {(r["ready"], r["reason"]) for r in rows if r["address"] == address} == {
             (False, "draining (lbd drain): established connections finish, no new ones")}
+        # It still carries the held connection (CONNECTIONS), and the others theirs.
+        assert {r["address"]: r["connections"] for r in rows}[address] >= 1
         table = lbd_cli(node, "get", "endpoints", "web").stdout
         assert any(address in line and "DRAINING" in line for line in table.splitlines()), table
         # The drain holds across a reload that changes nothing of it.

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.l2 import ARP, Ether
 
 from lbd.lab.netlab import ETH_P_ARP, Lab
@@ -21,6 +22,7 @@ HTTP = 8080  # lbd/lab/backend.py's ports
 TCP_STREAM = 9000
 GARP_INTERVAL = 0.2
 GARP_ROUNDS = 3
+METRICS_PORT = 9464  # inside the node's namespace
 
 
 def config(lab: Lab, *, with_sticky: bool = True, with_stream: bool = True, v6: bool = True) -> str:
@@ -138,6 +140,46 @@ def test_gratuitous_arp_and_neighbour_entry_hold_node_mac(node: LbdNode) -> None
         assert all(p.src == p[ARP].hwsrc == node_mac and p.dst == "ff:ff:ff:ff:ff:ff" for p in garps)
     curl(node.lab, f"http://{ips['web']}/")
     assert lab.neigh_mac("client", ips["web"]) == node_mac
+    assert node.stop() == 0
+
+
+def scrape(lab: Lab) -> str:
+    out = lab.exec("node", ["curl", "-s", "--max-time", "3", f"http://127.0.0.1:{METRICS_PORT}/metrics"], timeout=10)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_metallb_layer2_and_speaker_metrics_count_on_the_wire(node: LbdNode) -> None:
+    lab = node.lab
+    lab.flush_neigh("client")
+    node.start("--garp-interval", str(GARP_INTERVAL), "--garp-rounds", str(GARP_ROUNDS),
+               "--metrics-address", f"127.0.0.1:{METRICS_PORT}")
+    ips = vips(node)
+    curl(lab, f"http://{ips['web']}/")  # the client ARPs for the VIP: a request seen, an answer sent
+    time.sleep(GARP_INTERVAL * GARP_ROUNDS + 0.5)  # every burst sent
+    text = scrape(lab)
+    # MetalLB's exact names (Go's client: no `_total` on counters), no `_created` series.
+    assert "_created" not in text
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    web = f'{{ip="{ips["web"]}"}}'
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
+    assert values[f"metallb_layer2_requests_received{web}"] >= 1
+    assert values[f"metallb_layer2_responses_sent{web}"] >= 1
+    assert values[f"metallb_layer2_gratuitous_sent{web}"] >= 2 * GARP_ROUNDS  # a pair per round
+    assert not any("metallb_layer2_" in line.split("{")[0] and "_total" in line.split("{")[0] for line in lines)
+    announced = {
+        (s.labels["service"], s.labels["ip"]): (s.labels["protocol"], s.labels["node"], s.value)
+        for f in text_string_to_metric_families(text) if f.name == "metallb_speaker_announced" for s in f.samples
+    }
+    assert announced == {(f"default/{name}", ip): ("layer2", "node", 1.0) for name, ip in ips.items()}
+    # A withdrawn service's series go with it.
+    node.config.write_text(config(lab, with_sticky=False))
+    node.reload()
+    deadline = time.monotonic() + 10
+    while f'service="default/sticky"' in scrape(lab) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = scrape(lab)
+    assert 'service="default/sticky"' not in text and f'ip="{ips["sticky"]}"' not in text
     assert node.stop() == 0
 
 

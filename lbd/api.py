@@ -35,12 +35,17 @@ def service_statuses(daemon: Daemon) -> list[StatusDict]:
     now = time.monotonic()
     ejected: dict[tuple[str, str], frozenset[Target]] = {}
     active: dict[tuple[str, str], int] = {}
+    connections: dict[tuple[str, Target], int] = {}
     for entry in daemon.listeners.running.values():
         label = (entry.spec.service, entry.spec.port_name)
         ejected[label] = ejected.get(label, frozenset()) | entry.router.passive.ejected(now)
         active[label] = active.get(label, 0) + entry.listener.active
+        for target, counts in entry.listener.books.counts.items():
+            key = (entry.spec.service, target)
+            connections[key] = connections.get(key, 0) + counts.active
     assignments = r.allocation.assignments if r.allocation is not None else {}
-    view = StatusView(r.conditions, r.readiness, ejected, active, daemon.health.last_results(), r.first_seen)
+    view = StatusView(r.conditions, r.readiness, ejected, active, daemon.health.last_results(), r.first_seen,
+                      connections)
     return statuses(r.model.services, assignments, view)
 
 

@@ -226,6 +226,7 @@ class Daemon:
 
     async def _start_dataplane(self, model: Model) -> None:
         await self.reconciler.start(model)
+        metrics.config_applied(True, reload=False)  # the start-up config runs: not stale, and its time
 
     async def _stop_dataplane(self) -> None:
         """Stop accepting, withdraw, drain (until the timeout or a forced stop), release VIPs."""
@@ -283,10 +284,13 @@ class Daemon:
             if self._closing:
                 return ReloadResult(False, errors=["lbd is shutting down"])
             self.notifier.reloading()
+            result: ReloadResult | None = None
             try:
-                return await self._reload(allow_empty)
+                result = await self._reload(allow_empty)
+                return result
             finally:
-                if not self._closing:
+                if not self._closing:  # (a reload refused at shutdown leaves the metrics alone)
+                    metrics.config_applied(result is not None and result.applied)  # a crash is a failure
                     self.notifier.ready(self.summary())
 
     async def _reload(self, allow_empty: bool) -> ReloadResult:

@@ -1,9 +1,11 @@
 """The metrics registry: one place that names every counter and gauge lbd exports.
 
 Parts of lbd import the metric they update from here; `--metrics-address` serves REGISTRY
-in Prometheus text format. Names follow MetalLB where MetalLB has one. Series of what goes
-away (a service port, an endpoint, a pool, a VIP) are removed with it (`forget_*`), so churn
-never grows the registry.
+in Prometheus text format. Names follow MetalLB where MetalLB has one, exactly, so its
+dashboards and alerts work unchanged: its counters carry no `_total` (Go's client adds no
+suffix; prometheus-client's Counter does, see BareCounter), and no series has a `_created`
+sibling. Series of what goes away (a service port, an endpoint, a pool, a VIP) are removed with
+it (`forget_*`, lbd.relay.books), so churn never grows the registry.
 """
 
 from __future__ import annotations
@@ -11,16 +13,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import urllib.parse
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.samples import Sample
 
 from lbd.errors import CannotStart
 
+# `_created` series (a counter's or histogram's creation time, an OpenMetrics notion) double
+# the series count and neither MetalLB nor any lbd dashboard reads them. Process-wide, read at
+# every collection.
+disable_created_metrics()
+
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+# The names of BareCounters: their HELP and TYPE lines lose the `_total` generate_latest adds.
+_BARE_COUNTERS: set[str] = set()
+
+
+class BareCounter(Counter):
+    """A Counter exposed under its exact name, as Go's client exposes MetalLB's: no `_total`.
+
+    prometheus-client names a counter's sample `<name>_total` whatever the name; its text
+    exposition also writes `<name>_total` in the HELP and TYPE lines, which `exposition()`
+    puts right. (prometheus-client's own parser reads such a family back with `_total`
+    appended to its samples; Prometheus keeps the names as they are.)
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(name, documentation, labelnames, **kwargs)
+        _BARE_COUNTERS.add(name)
+
+    def _child_samples(self) -> Iterable[Sample]:
+        return (Sample("", {}, self._value.get(), None, None),)
+
 
 # Allocator (MetalLB's names).
 addresses_in_use = Gauge(
@@ -66,6 +104,28 @@ bytes_total = Counter(
     registry=REGISTRY,
 )
 
+# The same per endpoint (`endpoint` is ip:port, as in lbd_upstream_connect_failures_total):
+# plain ints in each listener's books (lbd.relay.books), flushed by its housekeeping.
+endpoint_connections_active = Gauge(
+    "lbd_endpoint_connections_active",
+    "Relayed TCP connections open to the endpoint now",
+    ["service", "port", "endpoint"],
+    registry=REGISTRY,
+)
+endpoint_connections_total = Counter(
+    "lbd_endpoint_connections_total",
+    "TCP connections relayed to the endpoint (its connect succeeded)",
+    ["service", "port", "endpoint"],
+    registry=REGISTRY,
+)
+endpoint_bytes_total = Counter(
+    "lbd_endpoint_bytes_total",
+    "TCP bytes relayed to and from the endpoint, counted when the connection ends; direction is "
+    "client_to_endpoint or endpoint_to_client",
+    ["service", "port", "endpoint", "direction"],
+    registry=REGISTRY,
+)
+
 # UDP data plane.
 udp_flows_active = Gauge("lbd_udp_flows_active", "UDP flows open now", ["service", "port"], registry=REGISTRY)
 udp_flows_total = Counter(
@@ -84,6 +144,22 @@ udp_drops_total = Counter(
     "lbd_udp_drops_total",
     "UDP datagrams dropped: no_endpoint, would_block, flow_evicted, too_large, local_error",
     ["service", "port", "reason"],
+    registry=REGISTRY,
+)
+
+# The same per endpoint.
+endpoint_udp_flows_active = Gauge(
+    "lbd_endpoint_udp_flows_active", "UDP flows open to the endpoint now", ["service", "port", "endpoint"],
+    registry=REGISTRY,
+)
+endpoint_udp_flows_total = Counter(
+    "lbd_endpoint_udp_flows_total", "UDP flows opened to the endpoint", ["service", "port", "endpoint"],
+    registry=REGISTRY,
+)
+endpoint_udp_bytes_total = Counter(
+    "lbd_endpoint_udp_bytes_total",
+    "UDP payload bytes sent to and received from the endpoint, by direction",
+    ["service", "port", "endpoint", "direction"],
     registry=REGISTRY,
 )
 
@@ -108,16 +184,26 @@ probe_duration = Histogram(
     registry=REGISTRY,
 )
 
-# Layer 2 announcer (MetalLB's names).
-gratuitous_sent_total = Counter(
-    "metallb_layer2_gratuitous_sent_total", "Gratuitous ARP/NA packets sent, by VIP", ["ip"], registry=REGISTRY
+# Layer 2 announcer: MetalLB's exact names, without `_total` (the Python names keep theirs, so
+# lbd.net.l2 did not change).
+gratuitous_sent_total = BareCounter(
+    "metallb_layer2_gratuitous_sent", "Gratuitous ARP/NA packets sent, by VIP", ["ip"], registry=REGISTRY
 )
-requests_received_total = Counter(
-    "metallb_layer2_requests_received_total", "ARP/NDP requests seen for a VIP", ["ip"], registry=REGISTRY
+requests_received_total = BareCounter(
+    "metallb_layer2_requests_received", "ARP/NDP requests seen for a VIP", ["ip"], registry=REGISTRY
 )
-responses_sent_total = Counter(
-    "metallb_layer2_responses_sent_total", "ARP/NDP answers sent for a VIP", ["ip"], registry=REGISTRY
+responses_sent_total = BareCounter(
+    "metallb_layer2_responses_sent", "ARP/NDP answers sent for a VIP", ["ip"], registry=REGISTRY
 )
+# MetalLB's speaker gauge, its labels and meaning: 1 per service this node announces, by VIP.
+speaker_announced = Gauge(
+    "metallb_speaker_announced",
+    "Services being announced from this node (1 per service and VIP; desired state: the ARP/NA "
+    "may not have reached every neighbour)",
+    ["service", "protocol", "node", "ip"],
+    registry=REGISTRY,
+)
+LAYER2 = "layer2"  # MetalLB's protocol label value; lbd speaks no BGP
 # lbd's own: MetalLB has no such counter.
 layer2_conflicts_total = Counter(
     "lbd_layer2_conflicts_total",
@@ -126,10 +212,35 @@ layer2_conflicts_total = Counter(
     registry=REGISTRY,
 )
 
+# The running config. MetalLB's metallb_k8s_client_config_stale_bool says its Kubernetes client
+# holds a config that failed to load; lbd has no such client (its config is a file, re-read on
+# `lbd reload`/SIGHUP), so the name says what lbd means, in MetalLB's `_bool` style: alert on
+# `lbd_config_stale_bool == 1` as on MetalLB's. The rest is what Prometheus' and Alertmanager's
+# `*_config_last_reload_success_timestamp_seconds` users expect.
+config_stale = Gauge(
+    "lbd_config_stale_bool",
+    "1 while lbd runs an older config because the last reload was rejected (the file's errors are in "
+    "the log and in `lbd reload`'s answer); 0 once a config applied",
+    registry=REGISTRY,
+)
+config_reloads_total = Counter(
+    "lbd_config_reloads_total", "Config reloads by result: success (applied) or failure (rejected, old config kept)",
+    ["result"], registry=REGISTRY,
+)
+config_last_success = Gauge(
+    "lbd_config_last_reload_success_timestamp_seconds",
+    "Unix time of the last config that applied (start-up included)",
+    registry=REGISTRY,
+)
+for _result in ("success", "failure"):  # both series from the start: rate() and alerts see a 0
+    config_reloads_total.labels(_result)
 
+
+TCP_ENDPOINT_METRICS = (endpoint_connections_active, endpoint_connections_total, endpoint_bytes_total)
+UDP_ENDPOINT_METRICS = (endpoint_udp_flows_active, endpoint_udp_flows_total, endpoint_udp_bytes_total)
 LISTENER_METRICS = (connections_total, connections_active, connect_failures_total, no_endpoint_resets_total,
                     bytes_total, udp_flows_active, udp_flows_total, udp_datagrams_total, udp_bytes_total,
-                    udp_drops_total)
+                    udp_drops_total, *TCP_ENDPOINT_METRICS, *UDP_ENDPOINT_METRICS)
 LAYER2_METRICS = (gratuitous_sent_total, requests_received_total, responses_sent_total, layer2_conflicts_total)
 POOL_METRICS = (addresses_in_use, addresses_total)
 
@@ -160,6 +271,31 @@ def forget_endpoint(service: str, port: str, endpoint: str) -> None:
     forget(connect_failures_total, service=service, port=port, endpoint=endpoint)
 
 
+def config_applied(applied: bool, *, reload: bool = True, now: Callable[[], float] = time.time) -> None:
+    """A config load's outcome: a reload's (success or rejection), or start-up's (not a reload)."""
+    config_stale.set(0 if applied else 1)
+    if reload:
+        config_reloads_total.labels("success" if applied else "failure").inc()
+    if applied:
+        config_last_success.set(now())
+
+
+def set_announced(node: str, services: Iterable[tuple[str, str]]) -> None:
+    """metallb_speaker_announced: exactly these (service, VIP) pairs are announced from `node`.
+
+    Only what changed is touched (prometheus-client is thread-safe: a reconcile pass calls this
+    from a worker thread).
+    """
+    wanted = {(service, LAYER2, node, ip) for service, ip in services}
+    with speaker_announced._lock:  # prometheus-client's own: a scrape may be walking the children
+        exported = set(speaker_announced._metrics)
+    for labels in exported - wanted:
+        with contextlib.suppress(KeyError):
+            speaker_announced.remove(*labels)
+    for labels in wanted - exported:
+        speaker_announced.labels(*labels).set(1)
+
+
 def forget_vip(ip: str) -> None:
     for metric in LAYER2_METRICS:
         forget(metric, ip=ip)
@@ -172,6 +308,17 @@ def keep_pools(names: Collection[str]) -> None:
 
 
 # ---- the exposition server ---------------------------------------------------------------------
+
+def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
+    """The registry in Prometheus' text format, BareCounters' HELP and TYPE lines under their
+    exact names (generate_latest writes every counter's as `<name>_total`)."""
+    body = generate_latest(registry)
+    for name in _BARE_COUNTERS:
+        raw = name.encode()
+        body = body.replace(b"# HELP " + raw + b"_total ", b"# HELP " + raw + b" ", 1)
+        body = body.replace(b"# TYPE " + raw + b"_total counter\n", b"# TYPE " + raw + b" counter\n", 1)
+    return body
+
 
 # A scrape must send its request within this; idle and slow clients are cut off (prometheus-
 # client's server kept one thread per idle connection, with no timeout: 2,961 threads seen).
@@ -256,6 +403,6 @@ class MetricsServer:
         async with self._render_lock:  # one rendering at a time; the others get its bytes
             loop = asyncio.get_running_loop()
             if self._cached is None or loop.time() - self._cached[0] >= CACHE_SECONDS:
-                body = await asyncio.to_thread(generate_latest, self.registry)
+                body = await asyncio.to_thread(exposition, self.registry)
                 self._cached = (loop.time(), body)
             return self._cached[1]

@@ -475,6 +475,7 @@ class Reconciler:
         counts = Counter(c.state for c in now.values())
         for state in ServiceState:
             metrics.services.labels(str(state)).set(counts.get(state, 0))
+        await off_loop(_announced_metric, self.node, now, self.vips.announced())
 
     def _released(self, key: str, old: ServiceCondition) -> None:
         log.info("service_released", service=key, ip=str(old.ip))
@@ -507,6 +508,12 @@ def _pool_metrics(model: Model, allocation: Allocation) -> None:
     for pool in model.pools:
         metrics.addresses_total.labels(pool.name).set(usable_addresses(pool))
         metrics.addresses_in_use.labels(pool.name).set(in_use.get(pool.name, 0))
+
+
+def _announced_metric(node: str, conditions: Mapping[str, ServiceCondition], announced: frozenset[IPAddress]) -> None:
+    """metallb_speaker_announced: the services served here whose VIP this node announces."""
+    metrics.set_announced(node, [(key, str(c.ip)) for key, c in conditions.items()
+                                 if c.state is ServiceState.SERVING and c.ip in announced])
 
 
 def _assess_all(

@@ -86,6 +86,8 @@ class StatusView:
     probe_results: Mapping[ProbeSpec, ProbeResult] = field(default_factory=dict)
     # Service key -> when the running daemon first saw it (seconds since the epoch): AGE.
     first_seen: Mapping[str, float] = field(default_factory=dict)
+    # (service key, target) -> connections (TCP) or flows (UDP) open to it now; None: nothing runs.
+    connections: Mapping[tuple[str, Target], int] | None = None
 
 
 def service_status(
@@ -96,6 +98,7 @@ def service_status(
     ejected: Mapping[tuple[str, str], frozenset[Target]] | None = None,
     active: Mapping[tuple[str, str], int] | None = None,
     probe_results: Mapping[ProbeSpec, ProbeResult] | None = None,
+    connections: Mapping[tuple[str, Target], int] | None = None,
 ) -> StatusDict:
     """One service as the admin API and `-o json` show it."""
     ejected = ejected or {}
@@ -136,6 +139,9 @@ def service_status(
                 "serving": ep.serving,
                 "terminating": ep.terminating,
                 "nodeName": ep.node_name,
+                # Open to it now over every port (a drained one shows what it still carries).
+                "connections": None if connections is None else sum(
+                    connections.get((service.key, t), 0) for t in {_target(ep, p) for p in service.ports}),
                 "lastProbe": None if last is None else {
                     "result": str(last.outcome),
                     "detail": last.detail,
@@ -172,7 +178,8 @@ def statuses(services: Iterable[Service], assignments: Mapping[str, Assignment],
         assignment = assignments.get(service.key)
         condition = view.conditions.get(service.key) or condition_of(service, assignment)
         readiness = view.readiness.get(service.key) or assess(service, node="")
-        row = service_status(service, assignment, condition, readiness, view.ejected, view.active, view.probe_results)
+        row = service_status(service, assignment, condition, readiness, view.ejected, view.active, view.probe_results,
+                             view.connections)
         seen = view.first_seen.get(service.key)
         # kubectl's metadata.creationTimestamp: here, when this daemon first served the object.
         row["creationTimestamp"] = (

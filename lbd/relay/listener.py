@@ -21,6 +21,7 @@ import structlog
 from lbd import metrics
 from lbd.balancer import Target, format_target
 from lbd.relay import Failure, RelayOptions, Router
+from lbd.relay.books import EndpointBooks
 
 log = structlog.get_logger("lbd.relay")
 
@@ -79,6 +80,9 @@ def bound_socket(host: str, port: int, kind: socket.SocketKind, options: Sequenc
 class Listener:
     """One listening (VIP, port) and the books every protocol keeps about it."""
 
+    # The lbd_endpoint_* families this protocol's books flush into (lbd.metrics).
+    ENDPOINT_METRICS: tuple[Any, Any, Any] = metrics.TCP_ENDPOINT_METRICS
+
     def __init__(
         self,
         host: str,
@@ -102,6 +106,7 @@ class Listener:
         self._no_endpoint_log = BurstLog()
         self._local_log = BurstLog()
         self._m_failures: dict[tuple[Target, Failure], Any] = {}
+        self.books = EndpointBooks(self.ENDPOINT_METRICS, service, port_name)
 
     # -- the verbs the daemon uses (protocols override what they need) ------------------------
 
@@ -125,14 +130,17 @@ class Listener:
         self.options = options
 
     def rename(self, port_name: str) -> None:
-        """The service port was renamed: new logs and metrics use the new name."""
+        """The service port was renamed (after a flush): new logs and metrics use the new name."""
         self.port_name = port_name
         self._m_failures.clear()
+        self.books.rename(port_name)
 
     def forget_targets(self, targets: set[Target]) -> None:
-        """Endpoints that left: drop their cached failure counters (their series are removed)."""
+        """Endpoints that left: drop their cached failure counters (their series are removed)
+        and their books once they carry nothing."""
         for key in [k for k in self._m_failures if k[0] in targets]:
             del self._m_failures[key]
+        self.books.retire(targets)
 
     @property
     def active(self) -> int:

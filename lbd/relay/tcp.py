@@ -3,7 +3,8 @@
 The connection itself (two mirrored Protocols, splice for bulk) is `lbd.relay.tcp_connection`;
 this is the per-(VIP, port) part: the listening socket, one connect watchdog for all attempts
 (no timer per connection), and housekeeping that flushes plain-int counters into Prometheus,
-sweeps idle relays and sets SO_KEEPALIVE on endpoint sockets that lived a while.
+sweeps idle relays and sets SO_KEEPALIVE on endpoint sockets that lived a while. Per-endpoint
+counts live in the listener's books (lbd.relay.books), bumped per connection, flushed likewise.
 """
 
 from __future__ import annotations
@@ -205,11 +206,13 @@ class TcpListener(Listener):
                 relay.close_both()
 
     def flush_metrics(self) -> bool:
-        """Push the plain-int counters into Prometheus; returns whether anything changed."""
+        """Push the plain-int counters (the listener's, its endpoints') into Prometheus; returns
+        whether anything changed."""
+        endpoints = self.books.flush(self.router.is_ready)
         now = (self.accepted, self.bytes_up, self.bytes_down, len(self.relays))
         before = self._flushed
         if now == before:
-            return False
+            return endpoints
         self._flushed = now
         if now[0] != before[0]:
             self._m_connections.inc(now[0] - before[0])

@@ -28,7 +28,8 @@ New connections/s is bounded by per-connection work, so (each was measured):
   protocol itself, the way a Task would;
 - no timer per connect attempt: one watchdog per listener checks connect deadlines every
   connect_timeout/4 (so a timeout fires after T..1.25 T);
-- counters are plain ints, flushed into Prometheus once per HOUSEKEEPING_SECONDS;
+- counters are plain ints (the listener's, and its endpoint's books), flushed into Prometheus
+  once per HOUSEKEEPING_SECONDS;
 - client sockets inherit SO_KEEPALIVE and TCP_NODELAY from the listening socket; endpoint
   sockets get TCP_NODELAY from the loop and SO_KEEPALIVE from the housekeeping scan once they
   lived KEEPALIVE_SCAN_SECONDS (probes start after the kernel's 2 h idle time anyway, and short
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from lbd.balancer import Target
 from lbd.relay import Failure
+from lbd.relay.books import EndpointCounts
 from lbd.relay.splice import SplicePump
 
 if TYPE_CHECKING:
@@ -139,6 +141,7 @@ class Upstream(asyncio.Protocol):
         "bulk_read",
         "eof",
         "lost",
+        "counts",
     )
 
     def __init__(self, client: Client, target: Target, deadline: float) -> None:
@@ -155,6 +158,7 @@ class Upstream(asyncio.Protocol):
         self.bulk_read = client.bulk_read
         self.eof = False
         self.lost = False  # connection_lost came: the endpoint side is closed
+        self.counts: EndpointCounts | None = None  # the endpoint's books, once connected
 
     def __call__(self) -> Upstream:
         return self
@@ -421,9 +425,16 @@ class Client(asyncio.Protocol):
         lst = self.listener
         lst.relays.discard(self)
         upstream, pump = self.upstream, self.pump
-        lst.bytes_up += self.nbytes + (pump.up.nbytes if pump is not None else 0)
+        up = self.nbytes + (pump.up.nbytes if pump is not None else 0)
+        lst.bytes_up += up
         if upstream is not None:
-            lst.bytes_down += upstream.nbytes + (pump.down.nbytes if pump is not None else 0)
+            down = upstream.nbytes + (pump.down.nbytes if pump is not None else 0)
+            lst.bytes_down += down
+            counts = upstream.counts
+            if counts is not None:
+                counts.closed += 1
+                counts.bytes_up += up
+                counts.bytes_down += down
         self.transport = self.peer = self.upstream = None
         if lst.drain_waiter is not None and not lst.relays and not lst.drain_waiter.done():
             lst.drain_waiter.set_result(None)
@@ -527,6 +538,8 @@ class Client(asyncio.Protocol):
             return
         lst = self.listener
         lst.router.succeeded(upstream.target)
+        upstream.counts = counts = lst.books.of(upstream.target)
+        counts.opened += 1
         tcp = self.tcp
         high, low = tcp.write_buffer_high, tcp.write_buffer_low
         transport.set_write_buffer_limits(high, low)

@@ -17,8 +17,8 @@ next datagram picks again (at once, for a refusal seen while sending). A flow wh
 left the ready set moves with its next datagram (the Router's generation says when to look).
 
 Per datagram: one recvfrom_into into a reused buffer, one send of a memoryview slice (no copy),
-an OrderedDict move; reads are batched until EAGAIN, counters are plain ints flushed by the
-housekeeping timer.
+an OrderedDict move, an add to the endpoint's books; reads are batched until EAGAIN, counters
+are plain ints flushed by the housekeeping timer.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import structlog
 from lbd import metrics
 from lbd.balancer import Target
 from lbd.relay import Failure, RelayOptions, Router, UdpOptions
+from lbd.relay.books import EndpointCounts
 from lbd.relay.flows import DropReason, Flow, FlowEvent, FlowTable
 from lbd.relay.listener import BurstLog, Listener, bound_socket
 
@@ -57,17 +58,22 @@ _SOCK_FLAGS = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
 class _Flow(Flow):
-    """A flow and its socket connected to the endpoint."""
+    """A flow, its socket connected to the endpoint and the endpoint's books."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("sock", "counts")
 
-    def __init__(self, client: tuple, target: Target, now: float, generation: int, sock: socket.socket) -> None:
+    def __init__(
+        self, client: tuple, target: Target, now: float, generation: int, sock: socket.socket, counts: EndpointCounts
+    ) -> None:
         super().__init__(client, target, now, generation)
         self.sock: socket.socket | None = sock
+        self.counts = counts
 
 
 class UdpListener(Listener):
     """One UDP socket on (VIP, port) relaying flows to the targets its Router picks."""
+
+    ENDPOINT_METRICS = metrics.UDP_ENDPOINT_METRICS
 
     def __init__(
         self,
@@ -188,6 +194,8 @@ class UdpListener(Listener):
                 flow.sock.send(view[:n])  # type: ignore[union-attr]  # open flows have a socket
             except OSError as exc:
                 self._send_up_failed(flow, view[:n], now, exc)
+            else:
+                flow.counts.bytes_up += n
         self.datagrams_up += count
         self.bytes_up += size
 
@@ -215,6 +223,8 @@ class UdpListener(Listener):
             moved.sock.send(data)  # type: ignore[union-attr]
         except OSError:
             self.drops[DropReason.WOULD_BLOCK] += 1
+        else:
+            moved.counts.bytes_up += len(data)
 
     def _still_ready(self, flow: _Flow) -> bool:
         """The ready set changed since the flow picked: may it stay on its endpoint?"""
@@ -253,7 +263,9 @@ class UdpListener(Listener):
             else:
                 self._drop(DropReason.LOCAL_ERROR, exc)
             return None
-        flow = _Flow(client, target, now, self.router.generation, sock)
+        counts = self.books.of(target)
+        counts.opened += 1
+        flow = _Flow(client, target, now, self.router.generation, sock, counts)
         self.loop.add_reader(sock.fileno(), self._on_endpoint_datagrams, flow)
         for evicted in self.table.add(flow):
             self._close(evicted, FlowEvent.EVICTED)
@@ -305,6 +317,7 @@ class UdpListener(Listener):
                 flow.last = self.now
             self.datagrams_down += count
             self.bytes_down += size
+            flow.counts.bytes_down += size
 
     def _fail_flow(self, flow: _Flow, failure: Failure) -> None:
         """The endpoint refused: count it, close the flow; the next datagram picks again."""
@@ -332,6 +345,7 @@ class UdpListener(Listener):
             self.drops[DropReason.FLOW_EVICTED] += lost
         if event is not None:
             self.events[event] += 1
+        flow.counts.closed += 1
         self.loop.remove_reader(sock.fileno())
         sock.close()
 
@@ -372,7 +386,8 @@ class UdpListener(Listener):
         }
 
     def flush_metrics(self) -> None:
-        """Push the plain-int counters into Prometheus."""
+        """Push the plain-int counters (the listener's, its endpoints') into Prometheus."""
+        self.books.flush(self.router.is_ready)
         now = {
             "datagrams_up": self.datagrams_up,
             "datagrams_down": self.datagrams_down,

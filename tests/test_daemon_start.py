@@ -181,3 +181,16 @@ def test_a_port_below_1024_without_cap_net_bind_service_is_one_line(tmp_path: Pa
     line = one_error(run_once(tmp_path, "--state-dir", str(tmp_path / "s"), "--admin-socket",
                               str(tmp_path / "r/admin.sock"), config=low, prefix=as_nobody))
     assert "default/web:80: ports below 1024 (net.ipv4.ip_unprivileged_port_start) need CAP_NET_BIND_SERVICE" in line
+
+
+def test_config_warnings_are_logged_at_start(daemon_factory, backends) -> None:
+    # What `lbd check` warns about, the daemon says too (the journal is where a unit's user looks).
+    bgp = "---\n{apiVersion: metallb.io/v1beta2, kind: BGPPeer, metadata: {name: tor}}\n"
+    d = daemon_factory(config_for(backends, free_port()) + bgp)
+    d.start()
+    try:
+        warnings = [json.loads(line) for line in d.log.read_text().splitlines() if '"config_warning"' in line]
+        assert [w["level"] for w in warnings] == ["warning"]
+        assert "BGPPeer tor: lbd announces VIPs with ARP/NDP only" in warnings[0]["warning"]
+    finally:
+        assert d.stop() == 0

@@ -307,6 +307,8 @@ def _assign_from_pools(service: Service, pools: tuple[Pool, ...], ledger: _Ledge
             return _pending(service, f'pool "{pool.name}" has no {wanted} addresses')
         suffix = f" (service asks for {wanted})" if service.ip_family is not None else ""
         return _pending(service, f'no available IPs in pool "{pool.name}"{suffix}')
+    if not ledger.pools:  # "no pool has autoAssign enabled" would send the user looking for a flag
+        return _pending(service, "no address pool is configured: add an IPAddressPool (native format: `pools:`)")
     if not pools:
         return _pending(service, "no pool has autoAssign enabled")
     return _pending(service, f"no pool with autoAssign has a free {wanted} address")

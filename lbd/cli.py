@@ -16,10 +16,23 @@ from lbd.options import DEFAULT_ADMIN_SOCKET, DEFAULT_STATE_DIR, default
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
+    # `lbd check lbd.yaml` is what a new user types first (config/example.yaml's header says so);
+    # --config stays for the unit and scripts. Both may be given; `_config_paths` joins them.
+    p.add_argument("positional_config", nargs="*", metavar="PATH", help="config file or directory (as --config)")
     p.add_argument(
-        "--config", "-c", action="append", required=True, metavar="PATH",
+        "--config", "-c", action="append", default=[], metavar="PATH",
         help="config file or directory of *.yaml (repeatable): native lbd format or Kubernetes/MetalLB manifests",
     )
+
+
+def _config_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fold positional paths into args.config; a command that reads a config needs one."""
+    if not hasattr(args, "positional_config"):
+        return
+    args.config = [*args.config, *args.positional_config]
+    if not args.config:
+        parser.error(f"no config given: `lbd {args.command} PATH` or `lbd {args.command} --config PATH` "
+                     "(a file or a directory of *.yaml)")
 
 
 def _positive(value: str) -> float:
@@ -77,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--node-name", default=socket.gethostname(),
                        help="the node to judge externalTrafficPolicy: Local endpoints from")
     check.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    check.add_argument("--strict", action="store_true",
+                       help="exit 1 on warnings too (fields and kinds lbd does not act on, services without endpoints)")
 
     ctl.add_commands(sub)  # get, describe, drain, undrain
 
@@ -98,7 +113,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from lbd.views import services_table
 
     attempt = config.attempt(args.config)
-    for warning in attempt.warnings:
+    warnings = [str(w) for w in attempt.warnings]
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if attempt.loaded is None:
         for err in attempt.errors:
@@ -107,8 +123,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     loaded = attempt.loaded
     if not any(s.exposed for s in loaded.model.services):
-        print(f"warning: {', '.join(loaded.sources)}: config exposes nothing: {len(loaded.model.pools)} pool(s), "
-              "no service of type LoadBalancer", file=sys.stderr)
+        warnings.append(f"{', '.join(loaded.sources)}: config exposes nothing: {len(loaded.model.pools)} pool(s), "
+                        "no service of type LoadBalancer")
+        print(f"warning: {warnings[-1]}", file=sys.stderr)
     previous = FileAssignmentStore(Path(args.state_dir)).load()  # read only: check never writes
     allocation = allocate(loaded.model.pools, loaded.model.services, previous.assignments, hold_new=previous.hold_new)
     services = loaded.model.services
@@ -118,7 +135,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(services_table(rows, time.time(), wide=True))
         print(f"config OK: {len(loaded.sources)} file(s), {len(loaded.model.pools)} pool(s), "
-              f"{len(loaded.model.services)} service(s)")
+              f"{len(loaded.model.services)} service(s)" + (f", {len(warnings)} warning(s)" if warnings else ""))
+    if args.strict and warnings:
+        print(f"{len(warnings)} warning(s); --strict treats them as errors", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -184,7 +204,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _config_paths(parser, args)
     if args.command != "run":
         lbd_log.configure("console", level=40)  # quiet: commands print their own results
     handlers = {"run": cmd_run, "check": cmd_check, "reload": cmd_reload, "demo": cmd_demo, **ctl.HANDLERS}

@@ -18,8 +18,11 @@ from lbd.model import Model
 
 PRIVATE_DIR_MODE = 0o700
 # Linux capability numbers (include/uapi/linux/capability.h).
+CAP_NET_BIND_SERVICE = 10
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
+# Ports below this need CAP_NET_BIND_SERVICE (the sysctl net.ipv4.ip_unprivileged_port_start).
+UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 
 _PRIVILEGE_HINT = (
     "run lbd as root (or with CAP_NET_ADMIN and CAP_NET_RAW, as systemd/lbd.service does), or give "
@@ -76,13 +79,30 @@ def effective_capabilities() -> int:
     return 0
 
 
+def privileged_ports(model: Model, start: int) -> list[str]:
+    """`namespace/name:port` of every exposed service port below `start`."""
+    return [f"{s.key}:{p.port}" for s in model.services if s.exposed for p in s.ports if p.port < start]
+
+
+def unprivileged_port_start() -> int:
+    try:
+        return int(UNPRIVILEGED_PORT_START.read_text())
+    except (OSError, ValueError):
+        return 1024  # the kernel's default
+
+
 def check_privileges(model: Model) -> None:
     """Refuse, in one line, to start a daemon that could not bind or announce its VIPs."""
-    if not needs_net_privileges(model):
-        return
     caps = effective_capabilities()
     missing = [name for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_NET_RAW, "CAP_NET_RAW"))
                if not caps >> bit & 1]
-    if missing:
+    if missing and needs_net_privileges(model):
         raise CannotStart(f"the config has VIPs outside loopback, which needs {' and '.join(missing)} "
                           f"(to add addresses and send ARP/NDP); {_PRIVILEGE_HINT}")
+    if not caps >> CAP_NET_BIND_SERVICE & 1:
+        start = unprivileged_port_start()
+        if low := privileged_ports(model, start):
+            # Each such service would fail on its own, and retrying never helps: say it once, now.
+            raise CannotStart(f"{', '.join(low[:3])}{' ...' if len(low) > 3 else ''}: ports below {start} "
+                              "(net.ipv4.ip_unprivileged_port_start) need CAP_NET_BIND_SERVICE; run lbd as root "
+                              "or with that capability (systemd/lbd.service grants it), or use higher ports")

@@ -482,7 +482,8 @@ def test_non_exposed_services_are_ignored() -> None:
 
 def test_no_pools_leaves_everything_pending() -> None:
     result = allocate([], [svc("web")], {})
-    assert reason(result, "default/web") == "no pool has autoAssign enabled"
+    assert reason(result, "default/web") == (
+        "no address pool is configured: add an IPAddressPool (native format: `pools:`)")
 
 
 def test_duplicate_service_keys_are_rejected() -> None:

@@ -350,7 +350,12 @@ def test_service_spec_fields_and_ignored_kubernetes_fields(config_file, logs):
           loadBalancer: {ingress: [{ip: 192.168.1.241}]}
     """)
     loaded = load([path])
-    assert loaded.warnings == ()
+    # lbd cannot check the class (MetalLB serves only its own): said, by name; and no endpoint object.
+    assert [(w.obj, w.field) for w in loaded.warnings] == [
+        ("Service prod/shop", None), ("Service prod/shop", "spec.loadBalancerClass")]
+    assert "loadBalancerClass 'metallb.io/metallb' is not checked" in loaded.warnings[1].message
+    assert loaded.warnings[0].message.startswith(
+        "no endpoints: lbd takes them from EndpointSlices labelled kubernetes.io/service-name=shop in namespace prod")
     shop = loaded.model.service("prod/shop")
     assert shop.requested_ips == (ip("192.168.1.241"),)
     assert shop.idle_timeout_seconds == 120.0
@@ -358,8 +363,6 @@ def test_service_spec_fields_and_ignored_kubernetes_fields(config_file, logs):
     assert shop.external_traffic_policy is TrafficPolicy.LOCAL
     assert shop.session_affinity is SessionAffinity.CLIENT_IP and shop.affinity_timeout_seconds == 60
     assert shop.ports == (ServicePort("https", 443, 8443),)
-    assert {"event": "service_field_ignored", "field": "loadBalancerClass", "name": "shop",
-            "file": str(path), "log_level": "debug"} in logs
 
 
 def test_cluster_ip_nodeport_and_headless_are_parsed_not_exposed(config_file):
@@ -466,11 +469,15 @@ def test_other_kinds_are_skipped_with_a_debug_log(config_file, logs):
         spec: {addresses: [192.0.2.0/28]}
     """)
     loaded = load([path])
-    assert loaded.model.services == () and loaded.warnings == ()
+    assert loaded.model.services == ()
+    # MetalLB's BGP kinds are not skipped quietly: a MetalLB user would expect them to act.
+    (warning,) = loaded.warnings
+    assert (warning.obj, warning.line) == ("BGPPeer peer", 22)
+    assert warning.message.startswith("lbd announces VIPs with ARP/NDP only")
     skipped = [(e["kind"], e["name"], e["file"]) for e in logs if e["event"] == "manifest_skipped"]
     assert skipped == [
         ("Secret", "tls", str(path)), ("ConfigMap", "cm", str(path)), ("Ingress", "ing", str(path)),
-        ("ServiceMonitor", "sm", str(path)), ("Namespace", "ns", str(path)), ("BGPPeer", "peer", str(path)),
+        ("ServiceMonitor", "sm", str(path)), ("Namespace", "ns", str(path)),
     ]
     assert all(e["log_level"] == "debug" for e in logs if e["event"] == "manifest_skipped")
 

@@ -36,7 +36,10 @@ def test_minimal_service_gets_kubernetes_defaults(config_file):
     loaded = load([path])
     assert isinstance(loaded, Loaded)
     assert loaded.sources == (str(path),)
-    assert loaded.warnings == ()
+    # Not an error (endpoints: [] is accepted as meant), but a missing list is worth a word.
+    (warning,) = loaded.warnings
+    assert (warning.obj, warning.field) == ("Service default/web", "services[0]")
+    assert warning.message.startswith("no endpoints: list the backends under `endpoints:`")
     assert loaded.model.services == (Service(name="web", ports=(ServicePort("", 80, 80, Protocol.TCP),)),)
     web = loaded.model.services[0]
     assert web.namespace == "default"

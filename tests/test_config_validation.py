@@ -526,6 +526,7 @@ def test_legacy_annotation_warns_naming_file_object_field_and_new_key(config_fil
             annotations:
               metallb.universe.tf/allow-shared-ip: key
             ports: [{port: 80}]
+            endpoints: []
     """)
     loaded = load([path])
     (warning,) = loaded.warnings
@@ -559,6 +560,7 @@ def test_other_annotations_are_kept_and_typos_of_ours_warn(config_file):
               lbd.io/idle-timout: 5m
               metallb.io/ip-allocated-from-pool: a
             ports: [{port: 80}]
+            endpoints: []
     """)
     loaded = load([path])
     assert [(w.line, w.message) for w in loaded.warnings] == [
@@ -810,9 +812,11 @@ def test_exec_and_grpc_probes_warn_and_become_tcp_connects(config_file):
           - name: db
             ports: [{name: pg, port: 5432, targetPort: 15432}, {name: admin, port: 8080}]
             readinessProbe: {exec: {command: [pg_isready]}, periodSeconds: 3}
+            endpoints: []
           - name: api
             ports: [{name: grpc, port: 9090}]
             readinessProbe: {grpc: {port: grpc}}
+            endpoints: []
     """)
     loaded = load([path])
     assert loaded.model.service("default/db").readiness_probe == Probe(TCPSocketAction(15432, "exec"), period_seconds=3)
@@ -1054,6 +1058,8 @@ def test_manifest_services_not_enforced_fields_warn(config_file):
           type: LoadBalancer
           loadBalancerSourceRanges: [10.0.0.0/8]
           ports: [{port: 80}]
+        ---
+        {apiVersion: v1, kind: Endpoints, metadata: {name: web}}
     """)
     (warning,) = load([path]).warnings
     assert (warning.field, warning.message) == (

@@ -164,3 +164,33 @@ def test_unreadable_state_assigns_nothing_until_reset(daemon_factory, backends) 
     assert {r["name"]: r["externalIP"] for r in d.get()} == {"web": "127.0.0.240", "web2": "127.0.0.241"}
     assert '"event": "state_reset"' in d.log.read_text()
     assert d.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_port_below_1024_without_cap_net_bind_service_is_one_line(tmp_path: Path) -> None:
+    # Loopback VIPs need no other privilege: only the port is missing one.
+    from lbd.preflight import unprivileged_port_start
+
+    if unprivileged_port_start() <= 80:
+        pytest.skip("net.ipv4.ip_unprivileged_port_start lets anyone bind port 80 here")
+    tmp_path.chmod(0o755)
+    as_nobody = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                 "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search")
+    low = ("pools: [{name: lo, addresses: [127.0.0.240/32]}]\n"
+           "services: [{name: web, ports: [{port: 80}], endpoints: [127.0.0.1]}]\n")
+    line = one_error(run_once(tmp_path, "--state-dir", str(tmp_path / "s"), "--admin-socket",
+                              str(tmp_path / "r/admin.sock"), config=low, prefix=as_nobody))
+    assert "default/web:80: ports below 1024 (net.ipv4.ip_unprivileged_port_start) need CAP_NET_BIND_SERVICE" in line
+
+
+def test_config_warnings_are_logged_at_start(daemon_factory, backends) -> None:
+    # What `lbd check` warns about, the daemon says too (the journal is where a unit's user looks).
+    bgp = "---\n{apiVersion: metallb.io/v1beta2, kind: BGPPeer, metadata: {name: tor}}\n"
+    d = daemon_factory(config_for(backends, free_port()) + bgp)
+    d.start()
+    try:
+        warnings = [json.loads(line) for line in d.log.read_text().splitlines() if '"config_warning"' in line]
+        assert [w["level"] for w in warnings] == ["warning"]
+        assert "BGPPeer tor: lbd announces VIPs with ARP/NDP only" in warnings[0]["warning"]
+    finally:
+        assert d.stop() == 0

@@ -49,3 +49,13 @@ def test_host_port() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_config_paths_may_be_positional_for_run_and_check() -> None:
+    from lbd.cli import _config_paths
+
+    parser = build_parser()
+    for command in ("run", "check"):
+        args = parser.parse_args([command, "a.yaml", "--config", "b.yaml"])
+        _config_paths(parser, args)
+        assert args.config == ["b.yaml", "a.yaml"]

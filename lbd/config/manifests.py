@@ -2,9 +2,9 @@
 
 Read kinds: IPAddressPool, L2Advertisement, Service, EndpointSlice, Endpoints, and the
 Deployment/StatefulSet/DaemonSet whose pods a Service selects (for its readinessProbe and
-named ports). Everything else is skipped with a debug log. Objects are collected from all
-files first and joined at the end, because a Service and its EndpointSlices may sit in
-different files, in any order.
+named ports). MetalLB kinds lbd does not act on (BGP) get a warning (lbd/config/metallb.py);
+everything else is skipped with a debug log. Objects are collected from all files first and
+joined at the end, because a Service and its EndpointSlices may sit in different files.
 
 Strictness: the fields lbd reads, and their neighbours, are checked (unknown ones get a "did
 you mean"); valid Kubernetes fields lbd does not use are listed and let through.
@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
-from lbd.config import pools, probes
+from lbd.config import metallb, pools, probes
 from lbd.config import values as v
 from lbd.config.annotations import ServiceAnnotations, service_annotations
 from lbd.config.collected import Collected
 from lbd.config.reading import Fields, Loc, choice, describe, show
 from lbd.config.services import (
     PROTOCOLS,
+    SERVICE_NAME_LABEL,
     SERVICE_SPEC_FIELDS,
     PlacedService,
     SpecDraft,
     build_service,
+    no_endpoints_in_manifests,
     service_spec,
 )
 from lbd.config.yamlsrc import YMap
@@ -56,8 +58,6 @@ SERVICE_SPEC_NOT_ENFORCED = ("externalIPs", "loadBalancerSourceRanges")
 SERVICE_PORT_IGNORED = ("nodePort", "appProtocol")
 
 POOL_SPEC_FIELDS = ("addresses", "autoAssign", "avoidBuggyIPs")
-L2_SPEC_FIELDS = ("interfaces",)
-L2_SPEC_IGNORED = ("ipAddressPools", "ipAddressPoolSelectors", "nodeSelectors")
 
 SLICE_FIELDS = ("apiVersion", "kind", "metadata", "addressType", "endpoints", "ports")
 SLICE_ENDPOINT_FIELDS = ("addresses", "conditions", "nodeName")
@@ -69,7 +69,6 @@ ENDPOINTS_FIELDS = ("apiVersion", "kind", "metadata", "subsets")
 SUBSET_FIELDS = ("addresses", "notReadyAddresses", "ports")
 ADDRESS_FIELDS = ("ip", "nodeName")
 ADDRESS_IGNORED = ("hostname", "targetRef")
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 # Workloads are big types; we read a corner of them and only reject near-misses of that corner.
 WORKLOAD_SPEC_IGNORED = (
@@ -179,6 +178,7 @@ class ManifestSet:
     slices: list[tuple[_Target, EndpointGroup]] = field(default_factory=list)
     endpoints: list[tuple[_Target, EndpointGroup]] = field(default_factory=list)
     workloads: list[Workload] = field(default_factory=list)
+    advertisements: list[metallb.Advertisement] = field(default_factory=list)
 
     # ---------------------------------------------------------------------------- reading
 
@@ -200,6 +200,8 @@ class ManifestSet:
                 loc.key("kind", content.value_line("kind")).error(
                     f"unknown kind {kind!r} (did you mean {close[0]!r}?)"
                 )
+            elif (why := metallb.skipped_kind(kind, api_version)) is not None:
+                loc.of(f"{kind} {raw_name if isinstance(raw_name, str) else '(unnamed)'}").warn(why)
             else:
                 log.debug("manifest_skipped", kind=kind, name=raw_name, file=loc.file)
             return
@@ -256,21 +258,13 @@ class ManifestSet:
             into.pools.append(draft)
 
     def _l2_advertisement(self, content: YMap, loc: Loc, into: Collected) -> None:
-        f = Fields(content, self._object_loc(content, loc, "L2Advertisement", namespaced=False),
-                   OBJECT_FIELDS, ignored=OBJECT_IGNORED)
+        here = self._object_loc(content, loc, "L2Advertisement", namespaced=False)
+        f = Fields(content, here, OBJECT_FIELDS, ignored=OBJECT_IGNORED)
         meta = self._metadata(f, v.DNS1123_SUBDOMAIN, "name")
-        spec = f.sub("spec", L2_SPEC_FIELDS, ignored=L2_SPEC_IGNORED)
-        for key in L2_SPEC_IGNORED:
-            if key in spec:  # lbd announces every pool on the listed interfaces
-                log.debug("l2advertisement_field_ignored", field=key, name=meta.name, file=loc.file)
-        if "interfaces" not in spec:
-            # MetalLB then announces on every interface; lbd with no interfaces picks, per VIP,
-            # the interface whose subnet holds it. Same intent, so nothing to add or warn about.
-            log.debug("l2advertisement_any_interface", name=meta.name, file=loc.file)
-        for _, item, where in spec.items("interfaces"):
-            interface = v.interface_name(item, where)
-            if interface is not None:
-                into.interfaces.append(interface)
+        spec = f.sub("spec", metallb.L2_SPEC_FIELDS, ignored=metallb.L2_SPEC_IGNORED)
+        # No interfaces: MetalLB announces on every interface; lbd with none picks, per VIP, the
+        # interface whose subnet holds it. Same intent (unless another one lists some: checked).
+        self.advertisements.append(metallb.read_advertisement(spec, meta.name, here, into))
 
     def _service(self, content: YMap, loc: Loc, into: Collected) -> None:
         f = Fields(content, self._object_loc(content, loc, "Service"), OBJECT_FIELDS, ignored=OBJECT_IGNORED)
@@ -283,7 +277,8 @@ class ManifestSet:
             if key in spec_fields:
                 spec_fields.key_at(key).warn(f"{key} is not enforced by lbd; ignored")
         if "loadBalancerClass" in spec_fields:
-            log.debug("service_field_ignored", field="loadBalancerClass", name=meta.name, file=loc.file)
+            given = spec_fields.get("loadBalancerClass")
+            spec_fields.key_at("loadBalancerClass").warn(metallb.load_balancer_class(given))
         spec = service_spec(spec_fields, ServiceType.CLUSTER_IP, port_ignored=SERVICE_PORT_IGNORED)
         annotations = service_annotations(meta.annotations, meta.annotations_loc)
         if meta.name is not None:
@@ -342,6 +337,8 @@ class ManifestSet:
         here = self._object_loc(content, loc, "Endpoints")
         f = Fields(content, here, ENDPOINTS_FIELDS)
         meta = self._metadata(f, v.DNS1035_LABEL, "Endpoints name (the Service's name)")
+        if meta.name is not None and not f.get("subsets"):  # what Kubernetes writes for no pods
+            self.endpoints.append((_Target(meta.namespace, meta.name, here), EndpointGroup(here.obj or "", (), {})))
         for _, subset, where in f.items("subsets"):
             s = Fields(subset, where, SUBSET_FIELDS)
             endpoints: list[Endpoint] = []
@@ -419,6 +416,7 @@ class ManifestSet:
                 )
         for draft in self.services:
             into.services.append(self._join(draft))
+        metallb.check_advertisements(self.advertisements, into.pools)
 
     def _groups(self, draft: ServiceDraft) -> list[EndpointGroup]:
         # Like kube-proxy: EndpointSlices when there are any, the older Endpoints otherwise.
@@ -460,6 +458,9 @@ class ManifestSet:
             draft.name, draft.namespace, draft.spec, draft.annotations, tuple(ports),
             tuple(endpoints.values()), probe,
         )
+        if service.exposed and not groups:  # no endpoint object at all: `0/0` in the table, no clue why
+            hint = no_endpoints_in_manifests(draft.namespace, draft.name, workloads[0].source if workloads else None)
+            replace(draft.name_loc, path="").warn(hint)
         return PlacedService(service, draft.name_loc)
 
 

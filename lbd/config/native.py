@@ -13,7 +13,13 @@ from lbd.config import values as v
 from lbd.config.annotations import service_annotations
 from lbd.config.collected import Collected
 from lbd.config.reading import Fields, Loc, describe
-from lbd.config.services import SERVICE_SPEC_FIELDS, PlacedService, build_service, service_spec
+from lbd.config.services import (
+    NO_ENDPOINTS_NATIVE,
+    SERVICE_SPEC_FIELDS,
+    PlacedService,
+    build_service,
+    service_spec,
+)
 from lbd.config.yamlsrc import YMap, YSeq
 from lbd.model import DEFAULT_NAMESPACE, Endpoint, IPAddress, ServicePort, ServiceType
 
@@ -89,6 +95,8 @@ def _service(item: Any, where: Loc, position: int, into: Collected) -> None:
     if service_name is None or namespace is None:
         return
     service = build_service(service_name, namespace, spec, annotations, tuple(ports), endpoints, probe)
+    if service.exposed and "endpoints" not in f:  # `endpoints: []` is meant; a missing list is a slip
+        f.loc.warn(NO_ENDPOINTS_NATIVE)
     into.services.append(PlacedService(service, f.at("name")))
 
 

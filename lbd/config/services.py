@@ -24,6 +24,21 @@ from lbd.model import (
     TrafficPolicy,
 )
 
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # an EndpointSlice's Service
+# Said when an exposed service has no endpoint object at all: its table row shows `0/0`.
+NO_ENDPOINTS_NATIVE = ("no endpoints: list the backends under `endpoints:` (e.g. [10.0.0.11, \"10.0.0.12:8080\"]); "
+                       "until then every connection to its VIP is reset")
+
+
+def no_endpoints_in_manifests(namespace: str, service: str, workload: str | None) -> str:
+    """Where a Service's endpoints come from in manifests; `workload` is one its selector matches."""
+    pods = (f" ({workload} matches its selector, but lbd cannot see pods: write their addresses "
+            "in an EndpointSlice)" if workload else "")
+    return (f"no endpoints: lbd takes them from EndpointSlices labelled {SERVICE_NAME_LABEL}={service} "
+            f"in namespace {namespace}, or else from the Endpoints object {namespace}/{service}, and the "
+            f"config has neither{pods}; until then every connection to its VIP is reset")
+
+
 SERVICE_SPEC_FIELDS = (
     "type", "ports", "selector", "loadBalancerIP", "sessionAffinity", "sessionAffinityConfig",
     "externalTrafficPolicy", "ipFamilies", "clusterIP",

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ STOP_TIMEOUT = 20.0
 class LbdNode:
     """One lbd daemon in a lab host; its files (config, state, socket, log) live in the lab's tmpdir."""
 
-    def __init__(self, lab: Lab, config_text: str, *, host: str = "node", name: str = "lbd") -> None:
+    def __init__(self, lab: Lab, config_text: str, *, host: str = "node", name: str = "lbd",
+                 directory: Path | None = None) -> None:
         self.lab = lab
         self.host = host
-        self.dir = lab.tmpdir / name
+        self.dir = directory or lab.tmpdir / name  # another user's lbd needs a dir it can reach
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "lbd.yaml"
         self.config.write_text(config_text)
@@ -32,13 +34,16 @@ class LbdNode:
         self.log = self.dir / "lbd.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str) -> LbdNode:
+    def start(self, *extra: str, wrap: Callable[[list[str]], list[str]] | None = None) -> LbdNode:
+        """Run lbd (`wrap` may rewrite its command line, e.g. to run it as the systemd unit would)."""
         offset = self.log.stat().st_size if self.log.exists() else 0
         argv = [
             sys.executable, "-m", "lbd", "run", "--config", str(self.config),
             "--state-dir", str(self.state_dir), "--admin-socket", str(self.socket),
             "--node-name", self.host, "--log-format", "json", *extra,
         ]
+        if wrap is not None:
+            argv = wrap(argv)
         with open(self.log, "ab") as log:
             self.proc = self.lab.popen(self.host, argv, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + READY_TIMEOUT

@@ -281,19 +281,42 @@ def remove_address(ifname: str, vip: IPAddress) -> bool:
     return False
 
 
+# Where a value in effect through `all` comes from when lbd runs with ProtectKernelTunables=.
+SYSCTL_DROP_IN = "/etc/sysctl.d/60-lbd.conf"
+
+
+class ArpSysctlError(AnnounceError):
+    """An ARP setting lbd needs is not in effect and lbd cannot put it there."""
+
+
 def set_arp_sysctls(ifname: str, proc_sys: Path = PROC_SYS) -> dict[str, int]:
     """Make only `ifname` answer ARP for its addresses, with its own MAC. Returns what changed.
 
-    Per network namespace (the file is resolved in the caller's namespace). Raises OSError when
-    /proc/sys is read-only, e.g. in an unprivileged container.
+    The kernel applies max(net.ipv4.conf.all.KEY, net.ipv4.conf.IFNAME.KEY) for both keys, so a
+    value already in effect through `all` needs no write: that is how lbd runs under systemd's
+    ProtectKernelTunables= (/proc/sys read-only), with SYSCTL_DROP_IN setting `all`. Per network
+    namespace (the files resolve in the caller's). Raises ArpSysctlError, naming the setting and
+    the fix, when a value is not in effect and cannot be written (read-only /proc/sys, no
+    CAP_NET_ADMIN), or when `all` holds a larger value the interface's cannot override.
     """
     changed: dict[str, int] = {}
-    conf = proc_sys / "net" / "ipv4" / "conf" / ifname
+    conf = proc_sys / "net" / "ipv4" / "conf"
     for key, value in (("arp_ignore", ARP_IGNORE), ("arp_announce", ARP_ANNOUNCE)):
-        path = conf / key
-        if int(path.read_text().strip()) != value:
-            path.write_text(f"{value}\n")
-            changed[key] = value
+        every = int((conf / "all" / key).read_text().strip())
+        own = int((conf / ifname / key).read_text().strip())
+        if max(every, own) == value:
+            continue
+        if every > value:
+            raise ArpSysctlError(f"net.ipv4.conf.all.{key} is {every}, which overrides {ifname}'s; lbd needs "
+                                 f"{value}: set net.ipv4.conf.all.{key}={value}")
+        try:
+            (conf / ifname / key).write_text(f"{value}\n")
+        except OSError as error:
+            raise ArpSysctlError(
+                f"cannot set net.ipv4.conf.{ifname}.{key}={value} (it is {own}, and all.{key} is {every}): "
+                f"{error.strerror or error}; set net.ipv4.conf.all.{key}={value} in {SYSCTL_DROP_IN} "
+                f"(scripts/install.sh installs it) and `sysctl -p {SYSCTL_DROP_IN}`") from error
+        changed[key] = value
     return changed
 
 

@@ -170,7 +170,8 @@ class AddressClaims:
                 "arp_sysctl_failed",
                 interface=ifname,
                 error=str(error),
-                hint="other interfaces may answer ARP for the VIP too (ARP flux)",
+                hint="without arp_ignore=1 other interfaces may answer ARP for the VIP too (ARP flux); "
+                     "without arp_announce=2 this host's ARP requests may carry a VIP as their source",
             )
             return
         if changed:

@@ -18,6 +18,10 @@ from lbd.status import UNSERVED_PORT_REASON
 
 Row = dict[str, Any]
 
+# Where endpoints come from, for a service that has none at all (a Deployment without a slice).
+NO_ENDPOINTS = ("no endpoints: they come from `endpoints:` in the native format, or from an "
+                "EndpointSlice labelled kubernetes.io/service-name (or an Endpoints object) in manifests")
+
 
 def age(seconds: float | None) -> str:
     """kubectl's AGE: 45s, 12m, 5h, 3d (the largest whole unit), `<unknown>` without a time."""
@@ -106,6 +110,8 @@ def service_notes(rows: Sequence[Row]) -> list[str]:
             out.append(f"{key}: <pending>: {r['pending_reason']}")
         elif r["note"]:
             out.append(f"{key}: {r['note']}")
+        elif not r["endpoints"] and r.get("state") in ("Serving", "Allocated"):
+            out.append(f"{key}: 0/0: {NO_ENDPOINTS}")
         elif r.get("state") == "Serving" and not all(p.get("served", True) for p in r["ports"]):
             unserved = ", ".join(f"{p['port']}/{p['protocol']}" for p in r["ports"] if not p.get("served", True))
             out.append(f"{key}: {unserved} not served: {UNSERVED_PORT_REASON}")
@@ -218,8 +224,7 @@ def describe_service(service: Row, events: Sequence[Row], now: float) -> str:
     if endpoints:
         out += ["  " + line for line in _drop_first_column(endpoints_table(endpoints).splitlines())]
     else:
-        out.append("  <none>  (endpoints come from `endpoints:` in the native format, or an EndpointSlice labelled "
-                   "kubernetes.io/service-name)")
+        out.append(f"  <none>  ({NO_ENDPOINTS})")
     out.append("Events:")
     if events:
         out += ["  " + line for line in events_table(events, now).splitlines()]

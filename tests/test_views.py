@@ -47,6 +47,8 @@ def test_services_table_and_wide() -> None:
     assert lines[1].split() == ["web", "LoadBalancer", "198.18.1.200", "80->8080/TCP", "1/2", "1h"]
     assert lines[2].split()[:5] == ["db", "LoadBalancer", "<pending>", "80->8080/TCP", "0/0"]
     assert "default/db: <pending>: no pool has a free IPv4 address" in text
+    empty = views.services_table([service(endpoints=[])], NOW)
+    assert "default/web: 0/0: no endpoints: they come from `endpoints:`" in empty
     wide = views.services_table([service()], NOW, wide=True).splitlines()
     assert wide[0].split()[-3:] == ["AFFINITY", "POLICY", "POOL"] and wide[1].split()[-3:] == ["None", "Cluster", "lab"]
 

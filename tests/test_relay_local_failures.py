@@ -40,20 +40,15 @@ def test_local_errnos_are_their_own_failure_class(code: int) -> None:
 def test_emfile_ejects_no_endpoint_and_is_logged_once_per_burst(monkeypatch: pytest.MonkeyPatch) -> None:
     backend = Backend(echo_upper)
     router = RecordingRouter([backend.target])
-    real_start = tcp_connection.Upstream.start
+    real_socket = tcp_connection.new_upstream_socket
     out_of_fds = [True]
 
-    def start(self: tcp_connection.Upstream, loop: asyncio.AbstractEventLoop) -> None:
-        if not out_of_fds[0]:
-            return real_start(self, loop)
-
-        async def no_socket() -> None:
+    def new_upstream_socket(family: int) -> socket.socket:
+        if out_of_fds[0]:
             raise OSError(errno.EMFILE, "Too many open files")
+        return real_socket(family)
 
-        self.coro = no_socket()
-        self._step()
-
-    monkeypatch.setattr(tcp_connection.Upstream, "start", start)
+    monkeypatch.setattr(tcp_connection, "new_upstream_socket", new_upstream_socket)
     counter = metrics.local_resource_failures_total.labels("EMFILE")
     before = counter._value.get()
 

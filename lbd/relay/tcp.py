@@ -1,7 +1,8 @@
 """TCP listener: accept on a VIP port and hand each client to a relayed connection.
 
-The connection itself (two mirrored Protocols, splice for bulk) is `lbd.relay.tcp_connection`;
-this is the per-(VIP, port) part: the listening socket, one connect watchdog for all attempts
+The connection itself is `lbd.relay.tcp_connection` (a Relay on the reactor, splice for bulk);
+this is the per-(VIP, port) part: the listening socket in the reactor (level-triggered: up to
+ACCEPT_BATCH accepts per wake-up, the rest on the next), one connect watchdog for all attempts
 (no timer per connection), and housekeeping that flushes plain-int counters into Prometheus,
 sweeps idle relays and sets SO_KEEPALIVE on endpoint sockets that lived a while. Per-endpoint
 counts live in the listener's books (lbd.relay.books), bumped per connection, flushed likewise.
@@ -9,22 +10,29 @@ counts live in the listener's books (lbd.relay.books), bumped per connection, fl
 
 from __future__ import annotations
 
+import _socket
 import asyncio
-import functools
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from lbd import metrics
+from lbd.balancer import Target
 from lbd.relay import RelayOptions, Router, TcpOptions
-from lbd.relay.listener import Listener, bound_socket
 from lbd.relay import tcp_connection
-from lbd.relay.tcp_connection import Client, Upstream, reset
+from lbd.relay.listener import Listener, bound_socket
+from lbd.relay.reactor import IN, Reactor
+from lbd.relay.tcp_connection import CLIENT_EVENTS, LOCAL_ERRNOS, Relay
 
 __all__ = ["LISTEN_BACKLOG", "TcpListener", "TcpOptions"]
 
 # Listen backlog: the kernel caps it at net.core.somaxconn (4096 on Debian 12).
 LISTEN_BACKLOG = 65535
+# Accepts per wake-up of the listening socket; the rest wait for the next batch (fairness).
+ACCEPT_BATCH = 64
+# Out of file descriptors at accept: the queue stays readable, so stop looking for this long
+# (HAProxy pauses its listeners too) instead of spinning on EMFILE.
+ACCEPT_PAUSE_SECONDS = 0.1
 
 
 class TcpListener(Listener):
@@ -44,12 +52,13 @@ class TcpListener(Listener):
     ) -> None:
         super().__init__(host, port, router, options, service, port_name, clock=clock)
         self.tcp = tcp
-        self.relays: set[Client] = set()
-        self.connecting: set[Upstream] = set()
+        self.relays: set[Relay] = set()
+        self.connecting: set[Relay] = set()
         self.drain_waiter: asyncio.Future[None] | None = None
         self.watchdog: asyncio.TimerHandle | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self.reactor: Reactor = None  # type: ignore[assignment]  # set by start()
         self._sock: socket.socket | None = None
+        self._accept_paused: asyncio.TimerHandle | None = None
         self._next_keepalive_scan = 0.0
         # Sticky: some relay may carry an idle timeout (relays keep the options they started with).
         self._idle_timeouts = options.idle_timeout is not None
@@ -93,9 +102,9 @@ class TcpListener(Listener):
                         (socket.SOL_SOCKET, socket.SO_RCVBUF, self.options.socket_buffer)]
         sock = bound_socket(self.host, self.port, socket.SOCK_STREAM, options)
         try:
-            self._server = await self.loop.create_server(
-                functools.partial(Client, self), sock=sock, backlog=LISTEN_BACKLOG
-            )
+            sock.listen(LISTEN_BACKLOG)
+            self.reactor = Reactor.of(self.loop)
+            self.reactor.add(sock.fileno(), self, IN)  # level-triggered: a batch may leave some
         except BaseException:
             sock.close()
             raise
@@ -104,10 +113,56 @@ class TcpListener(Listener):
 
     def stop_accepting(self) -> None:
         """Close the listening socket only; established relays go on."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        self._sock = None
+        if self._accept_paused is not None:
+            self._accept_paused.cancel()
+            self._accept_paused = None
+        if self._sock is not None:
+            self.reactor.close(self._sock)
+            self._sock = None
+
+    # -- accepting ----------------------------------------------------------------------
+
+    def on_event(self, fd: int, events: int) -> None:
+        """The listening socket is readable: accept a batch, each client straight to a connect."""
+        sock = self._sock
+        if sock is None:
+            return
+        accept, family, reactor = sock._accept, sock.family, self.reactor  # type: ignore[attr-defined]
+        relays = self.relays
+        for _ in range(ACCEPT_BATCH):
+            try:
+                cfd, address = accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in LOCAL_ERRNOS:
+                    self.local_failure(exc)
+                    self._pause_accepting()
+                    break
+                continue  # ECONNABORTED and the like: that client is gone already
+            # Family, type and protocol given: the socket object costs no syscall but the
+            # kernel's fd check (getsockname).
+            cs = _socket.socket(family, socket.SOCK_STREAM, 0, cfd)
+            relay = Relay(self, reactor, cs, cfd, address[0])  # type: ignore[arg-type]
+            reactor.add(cfd, relay, CLIENT_EVENTS)
+            relays.add(relay)
+            self.accepted += 1
+            relay.connect_next()
+        if self.housekeeping is None and relays:
+            self.arm_housekeeping()
+
+    def _pause_accepting(self) -> None:
+        sock = self._sock
+        if sock is None or self._accept_paused is not None:
+            return
+        self.reactor.remove(sock.fileno())
+
+        def resume() -> None:
+            self._accept_paused = None
+            if self._sock is not None:
+                self.reactor.add(self._sock.fileno(), self, IN)
+
+        self._accept_paused = self.loop.call_later(ACCEPT_PAUSE_SECONDS, resume)
 
     async def drain(self, timeout: float) -> int:
         """Wait up to `timeout` for relays to finish, then reset the rest; returns how many were reset."""
@@ -148,11 +203,10 @@ class TcpListener(Listener):
 
     # -- events from relays -------------------------------------------------------------
 
-    def no_endpoint(self, relay: Client) -> None:
-        if relay.transport is not None:
-            reset(relay.transport)
+    def no_endpoint(self, client_ip: str, tried: Sequence[Target]) -> None:
+        """No endpoint took a client (the relay resets it): count, and log once per burst."""
         self._m_no_endpoint.inc()
-        self.log_no_endpoint(relay.client_ip, relay.tried)
+        self.log_no_endpoint(client_ip, tried)
 
     # -- connect watchdog -----------------------------------------------------------------
 
@@ -163,8 +217,8 @@ class TcpListener(Listener):
     def _watch(self) -> None:
         self.watchdog = None
         now = self.loop.time()
-        for upstream in [u for u in self.connecting if u.deadline <= now]:
-            upstream.cancel(timed_out=True)
+        for relay in [r for r in self.connecting if r.deadline <= now]:
+            relay.timed_out()
         if self.connecting:
             self.arm_watchdog()
 
@@ -179,11 +233,11 @@ class TcpListener(Listener):
         elif not self._idle_timeouts:
             return bool(self.relays) or changed  # nothing to look at per relay this round
         for relay in list(self.relays):
-            if relay.peer is None:
+            if relay.connecting or relay.us is None:
                 continue  # connecting: the watchdog's business
-            if keepalive_scan and relay.keepalive_due and relay.keepalive_due <= now and relay.pump is None:
+            if keepalive_scan and relay.keepalive_due and relay.keepalive_due <= now:
                 relay.keepalive_due = 0.0
-                sock = relay.peer.get_extra_info("socket")
+                sock = relay.upstream_socket()
                 if sock is not None:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             limit = relay.options.idle_timeout
@@ -192,7 +246,7 @@ class TcpListener(Listener):
         return bool(self.relays) or changed  # runs while there is anything to watch or flush
 
     @staticmethod
-    def _idle_check(relay: Client, limit: float, period: float) -> None:
+    def _idle_check(relay: Relay, limit: float, period: float) -> None:
         """Close a relay that moved no byte for `limit` (it is closed after limit..limit+period)."""
         moved = relay.moved()
         if moved != relay.swept:

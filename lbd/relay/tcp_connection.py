@@ -1,54 +1,52 @@
-"""One relayed TCP connection: the client side and the endpoint side, two mirrored Protocols.
+"""One relayed TCP connection: the client socket and the endpoint socket, on the reactor.
 
-The hot path of lbd (`lbd.relay.tcp` holds the listener that accepts them). Thin asyncio Protocols (uvloop in production; the default loop works
-too); the decisions (which endpoint, is it ejected) live in the Router.
+`lbd.relay.tcp` accepts; this is what happens to one client after that. Raw non-blocking
+sockets registered once, edge-triggered, in the reactor (lbd.relay.reactor); one Relay object
+per connection. The decisions (which endpoint, is it ejected) live in the Router.
 
-Per client connection:
-- client data is not relayed before an upstream connect succeeded. The default loop honours
-  pause_reading() in connection_made; uvloop starts reading right after connection_made
-  whatever we asked, so there the first chunk (<= 256 KiB) is kept and reading paused then.
-  Nothing the client sent early is lost, and at most one chunk is held;
-- each connect attempt has `connect_timeout`; a refused/unreachable/timed-out attempt is
-  reported to the router and the next target it picks is tried; when none is left the client
-  gets a RST;
-- bytes are relayed in order; EOF on one side becomes write_eof() (SHUT_WR) on the other and
-  the other direction keeps flowing; both transports close once both directions ended;
-- a reset (or any socket error) on one side aborts the other side with a RST;
-- flow control: a side whose write buffer passes `write_buffer_high` pauses reading of its
-  peer, so a slow reader costs at most about high + one read (256 KiB in uvloop) per direction;
-- idle relays (no byte either way for `idle_timeout`) are closed by a per-listener sweep, so
-  data chunks never touch a timer;
-- two relay paths: every connection starts on Protocols (cheapest to set up and for small
-  messages); one that moved `splice_after` bytes in big reads (a bulk transfer) hands its
-  sockets to a SplicePump (lbd.relay.splice), which moves the payload with os.splice and never
-  copies it into Python: about half the CPU per GB.
+Guarantees (the relay's tests check each):
+- client data is not read before the endpoint's connect succeeded, so nothing the client sent
+  early is lost or sent to an endpoint that failed;
+- each connect attempt has `connect_timeout` (one watchdog per listener, no timer per
+  connection); a refused/unreachable/timed-out attempt is reported to the router and the next
+  target it picks is tried; when none is left the client gets a RST;
+- bytes are relayed in order; EOF read on one side becomes shutdown(SHUT_WR) on the other and
+  the other direction keeps flowing; both sockets close once both sides sent their EOF;
+- a reset (or any socket error) on one side resets the other;
+- flow control: what a side cannot take at once is kept (at most one read, BUF_SIZE) and its
+  source is not read again until that is written, so a slow reader costs at most one read per
+  direction in lbd plus the capped kernel buffers;
+- idle relays (no byte either way for `idle_timeout`) are closed by the listener's sweep;
+- bulk: a relay that moved `splice_after` bytes in big reads hands its two sockets to a
+  SplicePump (lbd.relay.splice): payload never enters Python from then on.
 
-New connections/s is bounded by per-connection work, so (each was measured):
-- no asyncio Task per connection: create_connection's coroutine is stepped by the upstream
-  protocol itself, the way a Task would;
-- no timer per connect attempt: one watchdog per listener checks connect deadlines every
-  connect_timeout/4 (so a timeout fires after T..1.25 T);
-- counters are plain ints (the listener's, and its endpoint's books), flushed into Prometheus
-  once per HOUSEKEEPING_SECONDS;
-- client sockets inherit SO_KEEPALIVE and TCP_NODELAY from the listening socket; endpoint
-  sockets get TCP_NODELAY from the loop and SO_KEEPALIVE from the housekeeping scan once they
-  lived KEEPALIVE_SCAN_SECONDS (probes start after the kernel's 2 h idle time anyway, and short
-  connections skip two syscalls);
-- one protocol object per side, with __slots__; reference cycles are cut on close.
+What a short connection costs, and why (each was measured against HAProxy, same core):
+- syscalls: accept (batched), socket, TCP_NODELAY, connect, two epoll_ctl ADD, then only the
+  reads, writes, one shutdown and the two closes. No getsockname/getpeername (the client's
+  address comes with accept), no SO_ERROR on success (EPOLLOUT without ERR means connected),
+  no epoll_ctl MOD unless a client reads slowly, no EAGAIN read after a short read (the next
+  arrival raises a new edge; an EOF already seen by epoll is read at once);
+- the client socket stays blocking for the kernel (O_NONBLOCK would cost two fcntl): every read
+  and write passes MSG_DONTWAIT instead;
+- one shared 256 KiB read buffer for every relay of the loop, written on with one
+  `send(memoryview)`: no allocation per message unless the destination is full;
+- SO_KEEPALIVE on the endpoint socket comes from the housekeeping scan once the relay lived
+  KEEPALIVE_SCAN_SECONDS; client sockets inherit it (and TCP_NODELAY, the buffer cap) from the
+  listening socket; the endpoint socket's buffers are capped when a relay can first queue.
 """
 
 from __future__ import annotations
 
-import asyncio
+import _socket
 import errno
-import os
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from lbd.balancer import Target
 from lbd.relay import Failure
 from lbd.relay.books import EndpointCounts
+from lbd.relay.reactor import ERR, ET, HUP, IN, OUT, RDHUP, Reactor
 from lbd.relay.splice import SplicePump
 
 if TYPE_CHECKING:
@@ -56,14 +54,30 @@ if TYPE_CHECKING:
 
 # Endpoint sockets older than this get SO_KEEPALIVE (see the module docstring).
 KEEPALIVE_SCAN_SECONDS = 5.0
+# One read; also the most lbd keeps per direction for a destination that cannot take it.
+BUF_SIZE = 256 * 1024
+# Full reads per direction and wake-up (2 MiB) before the other relays get their turn.
+MAX_READS = 8
 # A read at least this big hints at a bulk transfer; only such reads count toward
-# splice_after, so keep-alive request/response traffic stays on Protocols. (A loopback TCP
-# segment is 65483 bytes; uvloop and asyncio read up to 256 KiB at a time.)
+# splice_after, so request/response traffic never moves to splice. (A loopback segment is 65483.)
 BULK_READ = 32 * 1024
-# As a size: one no read reaches (splice off, or refused for this relay).
-_NEVER = 1 << 62
+_NEVER = 1 << 62  # as a read size: splice off, or refused for this relay
 
+CLIENT_EVENTS = IN | RDHUP | ET  # EPOLLOUT only once a client read slowly (an epoll_ctl MOD)
+CLIENT_EVENTS_OUT = CLIENT_EVENTS | OUT
+UPSTREAM_EVENTS = IN | OUT | RDHUP | ET  # EPOLLOUT says the connect finished, then: room again
+_GONE = HUP | ERR  # both directions shut, or an error (RST) pending
+_EOF_SEEN = RDHUP | HUP | ERR  # a read after a short one must still happen: it returns EOF/error
+
+_DONTWAIT = socket.MSG_DONTWAIT
+_BUF = bytearray(BUF_SIZE)
+_MV = memoryview(_BUF)
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close() sends RST, not FIN
+_SOL_SOCKET, _SO_LINGER, _SO_ERROR = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_ERROR
+_SHUT_WR = socket.SHUT_WR
+_STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_INET, _INET6 = socket.AF_INET, socket.AF_INET6
+_TCP, _NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
 
 _UNREACHABLE_ERRNOS = frozenset(
     {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.ENONET}
@@ -72,374 +86,381 @@ _UNREACHABLE_ERRNOS = frozenset(
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-def classify_connect_error(exc: BaseException) -> Failure:
-    """Map a failed create_connection to the reason reported to the router and the metric."""
-    if isinstance(exc, ConnectionRefusedError):
+def classify_errno(code: int) -> Failure:
+    """A failed connect's errno as the reason reported to the router and the metric."""
+    if code == errno.ECONNREFUSED:
         return Failure.REFUSED
-    if isinstance(exc, (TimeoutError, asyncio.CancelledError)):
+    if code == errno.ETIMEDOUT:
         return Failure.TIMEOUT
-    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS:
+    if code in _UNREACHABLE_ERRNOS:
         return Failure.UNREACHABLE
-    if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+    if code in LOCAL_ERRNOS:
         return Failure.LOCAL
     return Failure.ERROR
 
 
-def reset(transport: asyncio.Transport) -> None:
-    """Close with a RST (SO_LINGER 0) rather than a FIN."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        except (OSError, ValueError):  # uvloop: ValueError once the transport dropped its fd
-            pass  # already gone: abort() below still drops it
-    transport.abort()
+def classify_connect_error(exc: BaseException) -> Failure:
+    """The same for an exception (the health checker's connects, and tests)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return Failure.REFUSED
+    if isinstance(exc, TimeoutError):
+        return Failure.TIMEOUT
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return classify_errno(exc.errno)
+    return Failure.ERROR
 
 
-def cap_buffers(transport: asyncio.BaseTransport, size: int) -> None:
-    """Cap the kernel buffers of the endpoint socket (client sockets inherit the listener's):
-    a client that stops reading then holds ~4 x size of kernel memory, not ~10 MiB."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    except (OSError, ValueError):  # uvloop: ValueError once the transport dropped its fd
-        pass  # gone already: nothing to cap
+def new_upstream_socket(family: int) -> socket.socket:
+    """A non-blocking TCP socket (one syscall: the flag comes with socket()); tests wrap it."""
+    return _socket.socket(family, _STREAM_NONBLOCK)  # type: ignore[return-value]
 
 
-def _own_dup(transport: asyncio.BaseTransport) -> socket.socket | None:
-    """A socket object owning a duplicate fd of the transport's socket (for the splice pump)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return None
-    try:
-        return socket.socket(sock.family, socket.SOCK_STREAM, 0, os.dup(sock.fileno()))
-    except OSError:
-        return None
-
-
-class Upstream(asyncio.Protocol):
-    """The endpoint side of one relay, and the driver of its own connect attempt.
-
-    It is its own protocol factory (create_connection calls it) and steps create_connection's
-    coroutine itself, as a Task would: send() until it yields a future, resume when that is done.
-    """
-
-    __slots__ = (
-        "client",
-        "transport",
-        "peer",
-        "target",
-        "coro",
-        "waiter",
-        "deadline",
-        "cancelled",
-        "timed_out",
-        "nbytes",
-        "bulk_read",
-        "eof",
-        "lost",
-        "counts",
-    )
-
-    def __init__(self, client: Client, target: Target, deadline: float) -> None:
-        self.client: Client | None = client
-        self.target = target
-        self.deadline = deadline  # loop.time() after which the watchdog gives up
-        self.transport: asyncio.Transport | None = None
-        self.peer: asyncio.Transport | None = client.transport  # where our data goes
-        self.coro: Any = None  # create_connection() while connecting
-        self.waiter: asyncio.Future[Any] | None = None
-        self.cancelled = False
-        self.timed_out = False
-        self.nbytes = 0  # endpoint -> client
-        self.bulk_read = client.bulk_read
-        self.eof = False
-        self.lost = False  # connection_lost came: the endpoint side is closed
-        self.counts: EndpointCounts | None = None  # the endpoint's books, once connected
-
-    def __call__(self) -> Upstream:
-        return self
-
-    # -- connecting ---------------------------------------------------------------------
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.coro = loop.create_connection(self, self.target[0], self.target[1])
-        self._step()
-
-    def _step(self, _done: object = None) -> None:
-        coro = self.coro
-        if coro is None:
-            return
-        self.waiter = None
-        try:
-            if self.cancelled and not (isinstance(_done, asyncio.Future) and _done.cancelled()):
-                waiter = coro.throw(asyncio.CancelledError())  # cancel() came between two steps
-            else:
-                waiter = coro.send(None)
-        except StopIteration:
-            self._finished(None)
-            return
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:
-            self._finished(exc)
-            return
-        if waiter is None:  # a bare `yield` (asyncio.sleep(0)): just go again
-            asyncio.get_running_loop().call_soon(self._step)
-            return
-        waiter._asyncio_future_blocking = False  # the handshake Task does with awaited futures
-        self.waiter = waiter
-        waiter.add_done_callback(self._step)
-
-    def cancel(self, timed_out: bool) -> None:
-        """Give up the attempt; like Task.cancel, the coroutine sees CancelledError and cleans up."""
-        if self.coro is None or self.cancelled:
-            return
-        self.cancelled = True
-        self.timed_out = timed_out
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.cancel()  # wakes _step, whose send() raises CancelledError inside the coroutine
-
-    def _finished(self, exc: BaseException | None) -> None:
-        self.coro = None
-        client = self.client
-        if client is None:
-            return
-        client.listener.connecting.discard(self)
-        if exc is None or client.upstream is not self:
-            return  # success (connection_made handled it), or the client went away meanwhile
-        reason = Failure.TIMEOUT if self.timed_out else classify_connect_error(exc)
-        if reason is Failure.LOCAL:
-            client.local_failure(cast(OSError, exc))
-        else:
-            client.connect_failed(self.target, reason)
-
-    # -- asyncio.Protocol ---------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's transports don't subclass asyncio's
-        if self.cancelled:
-            # The watchdog gave up in the same loop pass the connect succeeded: this attempt is
-            # over (the retry is already decided), so the client's bytes must not go here.
-            self.peer = None
-            transport.abort()
-            return
-        self.transport = transport
-        client = self.client
-        assert client is not None
-        client.listener.connecting.discard(self)
-        client.upstream_connected(self, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.peer.write(data)  # type: ignore[union-attr]  # peer is set while connected
-        n = len(data)
-        self.nbytes += n
-        if n >= self.bulk_read:
-            self.client.bulk(n)  # type: ignore[union-attr]
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        client, peer = self.client, self.peer
-        if client is not None and peer is not None and not peer.is_closing():
-            if client.eof:
-                client.close_both()  # both directions done: close() sends the FIN, no shutdown()
-            else:
-                peer.write_eof()
-        return True  # keep the transport: the other direction may still flow
-
-    def pause_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.pause_reading()
-        if self.client is not None:
-            self.client.stalled()  # the endpoint reads slowly
-
-    def resume_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.resume_reading()
-        if self.client is not None and self.client.splice_waiting:
-            self.client.try_splice()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.cancelled and self.coro is not None:
-            return  # a late connect we aborted: _finished still owes the client its retry
-        self.lost = True
-        peer, client = self.peer, self.client
-        self.client = self.peer = None  # cut the cycles: refcounting frees the relay at once
-        if client is not None and client.client_gone:
-            client._finish()  # the client side closed first; this side has now flushed too
-        if peer is None or peer.is_closing() or (client is not None and client.pump is not None):
-            return
-        if exc is not None:
-            reset(peer)
-        else:
-            peer.close()
-
-
-class Client(asyncio.Protocol):
-    """The client side of one relay: picks and connects the upstream, keeps the books."""
+class Relay:
+    """One client connection and the endpoint it was relayed to (or is being connected to)."""
 
     __slots__ = (
         "listener",
-        "transport",
-        "peer",
-        "upstream",
+        "reactor",
+        "cs",
+        "cfd",
+        "us",
+        "ufd",
         "client_ip",
         "tried",
+        "target",
+        "deadline",
+        "connecting",
         "options",
         "tcp",
-        "pending",
-        "nbytes",
-        "eof",
-        "keepalive_due",
+        "c_readable",  # the client socket may hold unread data (edge-triggered bookkeeping)
+        "c_eof_seen",  # epoll saw the client's FIN or an error: read on after a short read
+        "c_eof",  # the client's EOF was read (and passed on)
+        "c_out",  # EPOLLOUT registered for the client (it read slowly once)
+        "u_readable",
+        "u_eof_seen",
+        "u_eof",
+        "up_pending",  # client bytes the endpoint could not take yet
+        "down_pending",  # endpoint bytes the client could not take yet
+        "nbytes",  # client -> endpoint
+        "down_nbytes",  # endpoint -> client
         "bulk_read",
         "bulk_bytes",
-        "splice_waiting",
+        "counts",
+        "keepalive_due",
         "buffers_capped",
         "pump",
         "finished",
-        "client_gone",
         "swept",
         "idle_for",
     )
 
-    def __init__(self, listener: TcpListener) -> None:
+    def __init__(self, listener: TcpListener, reactor: Reactor, cs: socket.socket, cfd: int, client_ip: str) -> None:
         self.listener = listener
-        self.transport: asyncio.Transport | None = None
-        self.peer: asyncio.Transport | None = None  # the upstream transport once connected
-        self.upstream: Upstream | None = None
-        self.client_ip = ""
+        self.reactor = reactor
+        self.cs: socket.socket | None = cs
+        self.cfd = cfd
+        self.us: socket.socket | None = None
+        self.ufd = -1
+        self.client_ip = client_ip
         self.tried: tuple[Target, ...] = ()
-        self.options = listener.options
+        self.target: Target | None = None
+        self.deadline = 0.0  # loop.time() after which the watchdog gives up the connect
+        self.connecting = False
+        self.options = listener.options  # a relay keeps the options it started with
         self.tcp = listener.tcp
-        self.pending: list[bytes] | None = None  # client data read before the upstream connected
-        self.nbytes = 0  # client -> endpoint
-        self.eof = False
-        self.keepalive_due = 0.0  # loop time after which the endpoint socket gets SO_KEEPALIVE
-        # Reads of at least bulk_read bytes count toward options.splice_after.
+        self.c_readable = self.c_eof_seen = self.c_eof = self.c_out = False
+        self.u_readable = self.u_eof_seen = self.u_eof = False
+        self.up_pending: memoryview | None = None
+        self.down_pending: memoryview | None = None
+        self.nbytes = 0
+        self.down_nbytes = 0
         self.bulk_read = _NEVER if self.tcp.splice_after is None else BULK_READ
         self.bulk_bytes = 0
-        self.splice_waiting = False  # a switch waits for the write buffers to drain
-        self.buffers_capped = False  # the endpoint socket's kernel buffers (see stalled())
-        self.pump: SplicePump | None = None  # set once the relay moved to splice
+        self.counts: EndpointCounts | None = None
+        self.keepalive_due = 0.0  # loop time after which the endpoint socket gets SO_KEEPALIVE
+        self.buffers_capped = False
+        self.pump: SplicePump | None = None
         self.finished = False
-        self.client_gone = False  # the client side closed while the endpoint side still flushes
         self.swept = 0  # bytes moved, as the last idle sweep saw them
         self.idle_for = 0.0
 
-    # -- asyncio.Protocol ---------------------------------------------------------------
+    # -- connecting -------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        transport.pause_reading()  # honoured by the default loop; uvloop: see data_received
-        self.transport = transport
+    def connect_next(self) -> None:
+        """Connect to the next target the router picks; RST the client when none is left."""
         lst = self.listener
-        lst.relays.add(self)
-        lst.accepted += 1
-        if lst.housekeeping is None:
-            lst.arm_housekeeping()
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.client_ip = peer[0]
+        while True:
+            target = lst.router.pick(self.client_ip, self.tried)
+            if target is None:
+                lst.no_endpoint(self.client_ip, self.tried)
+                self._close(rst=True)
+                return
+            host = target[0]
+            try:
+                us = new_upstream_socket(_INET6 if ":" in host else _INET)
+            except OSError as exc:  # EMFILE and friends: lbd's own limit, no endpoint to blame
+                self._local_failure(exc)
+                return
+            try:
+                us.setsockopt(_TCP, _NODELAY, 1)
+                code = us.connect_ex(target)
+            except OSError as exc:
+                code = exc.errno or errno.EIO
+            if code == errno.EINPROGRESS or code == 0:
+                break
+            us.close()
+            failure = classify_errno(code)
+            if failure is Failure.LOCAL:
+                self._local_failure(OSError(code, errno.errorcode.get(code, str(code))))
+                return
+            lst.failed(target, failure)
+            self.tried = (*self.tried, target)
+        self.us, self.ufd, self.target = us, us.fileno(), target
+        self.connecting = True
+        self.deadline = lst.loop.time() + self.options.connect_timeout
+        self.reactor.add(self.ufd, self, UPSTREAM_EVENTS)
+        lst.connecting.add(self)
+        if lst.watchdog is None:
+            lst.arm_watchdog()
+
+    def _connected(self) -> None:
+        self.connecting = False
+        lst = self.listener
+        lst.connecting.discard(self)
+        target = self.target
+        lst.router.succeeded(target)  # type: ignore[arg-type]
+        self.counts = counts = lst.books.of(target)  # type: ignore[arg-type]
+        counts.opened += 1
+        if self.tcp.keepalive:
+            self.keepalive_due = lst.loop.time() + KEEPALIVE_SCAN_SECONDS
+
+    def _attempt_failed(self, failure: Failure) -> None:
+        """This attempt is over (refused, unreachable, timed out): drop it, try the next target."""
+        target = self.target
+        self.connecting = False
+        self.listener.connecting.discard(self)
+        us = self.us
+        self.us, self.ufd, self.target = None, -1, None
+        if us is not None:
+            self.reactor.close(us)
+        self.listener.failed(target, failure)  # type: ignore[arg-type]
+        self.tried = (*self.tried, target)  # type: ignore[arg-type]
         self.connect_next()
 
-    def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is None:  # not connected yet: keep this chunk and read no more until we are
-            if self.pending is None:
-                self.pending = []
-            self.pending.append(data)
-            self.transport.pause_reading()  # type: ignore[union-attr]
+    def timed_out(self) -> None:
+        """The watchdog gave up this connect attempt."""
+        if self.connecting and not self.finished:
+            self._attempt_failed(Failure.TIMEOUT)
+
+    def _local_failure(self, exc: OSError) -> None:
+        """lbd could not even make the attempt (no fd, no buffer): every other endpoint would fail
+        the same way and none is to blame, so the client is reset now."""
+        self.listener.local_failure(exc)
+        self._close(rst=True)
+
+    # -- events -------------------------------------------------------------------------------
+
+    def on_event(self, fd: int, events: int) -> None:
+        if fd == self.ufd:
+            if self.connecting:
+                if events & _GONE:
+                    code = self.us.getsockopt(_SOL_SOCKET, _SO_ERROR)  # type: ignore[union-attr]
+                    self._attempt_failed(classify_errno(code) if code else Failure.ERROR)
+                    return
+                if not events & OUT:
+                    return
+                self._connected()
+                if self.c_readable:
+                    self._up()  # the client spoke first (a request): relay it at once
+                    if self.finished:
+                        return
+            elif events & OUT and self.up_pending is not None:
+                self._up()  # room again at the endpoint: flush, then read the client on
+                if self.finished:
+                    return
+            if events & (IN | _EOF_SEEN):
+                self.u_readable = True
+                if events & _EOF_SEEN:
+                    self.u_eof_seen = True
+                self._down()
             return
-        peer.write(data)
-        n = len(data)
-        self.nbytes += n
-        if n >= self.bulk_read:
-            self.bulk(n)
+        # The client socket.
+        if events & (IN | _EOF_SEEN):
+            self.c_readable = True
+            if events & _EOF_SEEN:
+                self.c_eof_seen = True
+        if self.connecting or self.us is None:
+            if events & _GONE:  # reset (or gone both ways) before we could connect: give up
+                self._close(rst=True)
+            return  # data waits in the kernel until the endpoint is connected
+        if events & OUT and self.down_pending is not None:
+            self._down()
+            if self.finished:
+                return
+        if self.c_readable:
+            self._up()
 
-    def eof_received(self) -> bool:
-        self.eof = True
-        peer, upstream = self.peer, self.upstream
-        if peer is not None and upstream is not None and not peer.is_closing():
-            if upstream.eof:
-                self.close_both()  # both directions done: close() sends the FIN, no shutdown()
-            else:
-                peer.write_eof()
-        return True  # before connecting: passed on by upstream_connected
+    def resume(self) -> None:
+        """Called after a batch when a direction stopped early with data left (fairness)."""
+        if self.finished or self.pump is not None or self.connecting:
+            return
+        if self.c_readable:
+            self._up()
+        if self.u_readable and not self.finished:
+            self._down()
 
-    def pause_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.pause_reading()
-        self.stalled()  # the client reads slowly
+    # -- moving bytes -------------------------------------------------------------------------
 
-    def resume_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.resume_reading()
-        if self.splice_waiting:
-            self.try_splice()
+    def _up(self) -> None:
+        """Client -> endpoint: flush what waits, then read the client while the endpoint takes it."""
+        us = self.us
+        pending = self.up_pending
+        if pending is not None:
+            try:
+                sent = us.send(pending, _DONTWAIT)  # type: ignore[union-attr]
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._error(exc)
+                return
+            if sent < len(pending):
+                self.up_pending = pending[sent:]
+                return
+            self.up_pending = None
+        cs = self.cs
+        for _ in range(MAX_READS):
+            if not self.c_readable:
+                return
+            try:
+                n = cs.recv_into(_BUF, BUF_SIZE, _DONTWAIT)  # type: ignore[union-attr]
+            except BlockingIOError:
+                self.c_readable = False
+                return
+            except OSError as exc:
+                self._error(exc)
+                return
+            if n == 0:
+                self.c_readable = False
+                self.c_eof = True
+                self._eof_from(client=True)
+                return
+            self.nbytes += n
+            if n < BUF_SIZE and not self.c_eof_seen:
+                self.c_readable = False  # drained: new data raises a new edge
+            try:
+                sent = us.send(_MV[:n], _DONTWAIT)  # type: ignore[union-attr]
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._error(exc)
+                return
+            if sent < n:
+                self.up_pending = memoryview(_MV[sent:n].tobytes())
+                self.stalled()  # EPOLLOUT (registered) resumes this direction
+                return
+            if n >= self.bulk_read:
+                self.bulk(n)
+                if self.pump is not None:
+                    return
+        if self.c_readable:
+            self.reactor.again(self)
+
+    def _down(self) -> None:
+        """Endpoint -> client: the mirror of _up (EPOLLOUT on the client is added when first needed)."""
+        cs = self.cs
+        pending = self.down_pending
+        if pending is not None:
+            try:
+                sent = cs.send(pending, _DONTWAIT)  # type: ignore[union-attr]
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._error(exc)
+                return
+            if sent < len(pending):
+                self.down_pending = pending[sent:]
+                return
+            self.down_pending = None
+        us = self.us
+        for _ in range(MAX_READS):
+            if not self.u_readable:
+                return
+            try:
+                n = us.recv_into(_BUF, BUF_SIZE, _DONTWAIT)  # type: ignore[union-attr]
+            except BlockingIOError:
+                self.u_readable = False
+                return
+            except OSError as exc:
+                self._error(exc)
+                return
+            if n == 0:
+                self.u_readable = False
+                self.u_eof = True
+                self._eof_from(client=False)
+                return
+            self.down_nbytes += n
+            if n < BUF_SIZE and not self.u_eof_seen:
+                self.u_readable = False
+            try:
+                sent = cs.send(_MV[:n], _DONTWAIT)  # type: ignore[union-attr]
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._error(exc)
+                return
+            if sent < n:
+                self.down_pending = memoryview(_MV[sent:n].tobytes())
+                if not self.c_out:
+                    self.c_out = True
+                    self.reactor.modify(self.cfd, CLIENT_EVENTS_OUT)
+                self.stalled()
+                return
+            if n >= self.bulk_read:
+                self.bulk(n)
+                if self.pump is not None:
+                    return
+        if self.u_readable:
+            self.reactor.again(self)
+
+    def _eof_from(self, client: bool) -> None:
+        """One side sent its FIN (all its data was written on): pass it on, or end the relay.
+
+        An EOF is only read with nothing pending toward the other side, so when both EOFs are in
+        everything was delivered and close() sends the last FIN (no shutdown needed).
+        """
+        if self.u_eof and self.c_eof:
+            self._close(rst=False)
+            return
+        other = self.us if client else self.cs
+        try:
+            other.shutdown(_SHUT_WR)  # type: ignore[union-attr]
+        except OSError:
+            pass  # that side is gone: reading it reports the error
+
+    def _error(self, exc: OSError) -> None:
+        """A socket error on either side (a RST, EPIPE): reset both."""
+        self._close(rst=True)
+
+    # -- flow control and bulk ----------------------------------------------------------------
 
     def stalled(self) -> None:
-        """One side fell behind, or a bulk transfer begins: cap the endpoint socket's buffers now.
+        """A side fell behind, or a bulk transfer begins: cap the endpoint socket's buffers now.
 
-        Client sockets inherit the cap from the listener at no cost; the endpoint socket gets
-        it when a relay can start to queue (a side falls behind, or the relay moves to splice),
-        not per connection: two setsockopt calls cost ~9 us of the ~85 us a short connection
-        costs in all, and a short request/response never queues.
+        Client sockets inherit the cap from the listener at no cost; the endpoint socket gets it
+        when a relay can start to queue, not per connection (two setsockopt calls are ~10 % of a
+        short connection's cost, and a short request/response never queues).
         """
-        peer = self.peer
-        if self.buffers_capped or peer is None:
+        if self.buffers_capped:
             return
         self.buffers_capped = True
-        if self.options.socket_buffer:
-            cap_buffers(peer, self.options.socket_buffer)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.pump is not None:
-            return  # the transports were closed by the switch to splice; the pump carries on
-        upstream = self.upstream
-        if upstream is not None:
-            transport = upstream.transport
-            if transport is None:
-                self.upstream = None
-                upstream.cancel(timed_out=False)  # still connecting: give up the attempt
-            elif not transport.is_closing():
-                if exc is not None:
-                    reset(transport)
-                else:
-                    transport.close()
-            if upstream.transport is not None and not upstream.lost:
-                # The endpoint side may still be flushing what the client sent before its FIN:
-                # the relay ends (and a drain counts it as done) once that side is closed too.
-                self.client_gone = True
-                return
-        self._finish()
-
-    def _finish(self) -> None:
-        """The relay is over: books, and cut the reference cycles so refcounting frees it."""
-        if self.finished:
-            return
-        self.finished = True
-        lst = self.listener
-        lst.relays.discard(self)
-        upstream, pump = self.upstream, self.pump
-        up = self.nbytes + (pump.up.nbytes if pump is not None else 0)
-        lst.bytes_up += up
-        if upstream is not None:
-            down = upstream.nbytes + (pump.down.nbytes if pump is not None else 0)
-            lst.bytes_down += down
-            counts = upstream.counts
-            if counts is not None:
-                counts.closed += 1
-                counts.bytes_up += up
-                counts.bytes_down += down
-        self.transport = self.peer = self.upstream = None
-        if lst.drain_waiter is not None and not lst.relays and not lst.drain_waiter.done():
-            lst.drain_waiter.set_result(None)
-
-    # -- splice ---------------------------------------------------------------------------
+        size = self.options.socket_buffer
+        us = self.us
+        if size and us is not None:
+            try:
+                us.setsockopt(_SOL_SOCKET, socket.SO_SNDBUF, size)
+                us.setsockopt(_SOL_SOCKET, socket.SO_RCVBUF, size)
+            except OSError:
+                pass  # gone already: nothing to cap
 
     def bulk(self, n: int) -> None:
         """A big read went through: past splice_after such bytes, move the relay to splice."""
@@ -448,142 +469,111 @@ class Client(asyncio.Protocol):
             self.try_splice()
 
     def try_splice(self) -> None:
-        """Hand both sockets to a SplicePump once nothing is left in either write buffer."""
-        transport, peer, upstream = self.transport, self.peer, self.upstream
-        if transport is None or peer is None or upstream is None or self.pump is not None:
+        """Hand both sockets to a SplicePump (when nothing waits in lbd in either direction)."""
+        cs, us = self.cs, self.us
+        if cs is None or us is None or self.pump is not None or self.finished or self.connecting:
             return
-        if transport.is_closing() or peer.is_closing():
-            return
+        if self.up_pending is not None or self.down_pending is not None:
+            return  # the next big read tries again
         self.stalled()  # a bulk transfer: cap the endpoint socket before the pump owns it
-        if transport.get_write_buffer_size() or peer.get_write_buffer_size():
-            if not self.splice_waiting:  # get resume_writing() called only once a buffer is empty
-                self.splice_waiting = True
-                high = self.tcp.write_buffer_high
-                transport.set_write_buffer_limits(high, 0)
-                peer.set_write_buffer_limits(high, 0)
-            return
-        self.splice_waiting = False
-        client_sock = _own_dup(transport)
-        upstream_sock = _own_dup(peer)
+        reactor = self.reactor
+        reactor.remove(self.cfd)
+        reactor.remove(self.ufd)
         pump = None
-        if client_sock is not None and upstream_sock is not None:
-            try:
-                pump = SplicePump.take_over(
-                    self.listener.loop,
-                    client_sock,
-                    upstream_sock,
-                    self._pump_done,
-                    client_eof=self.eof,
-                    upstream_eof=upstream.eof,
-                )
-            except OSError:
-                pump = None  # EMFILE and friends: stay on Protocols
-        if pump is None:
-            for sock in (client_sock, upstream_sock):
-                if sock is not None:
-                    sock.close()
-            self.bulk_read = upstream.bulk_read = _NEVER
-            low, high = self.tcp.write_buffer_low, self.tcp.write_buffer_high
-            transport.set_write_buffer_limits(high, low)
-            peer.set_write_buffer_limits(high, low)
+        try:
+            cs.setblocking(False)  # splice(2) honours O_NONBLOCK only
+            pump = SplicePump.take_over(
+                self.listener.loop, cs, us, self._pump_done, client_eof=self.c_eof, upstream_eof=self.u_eof
+            )
+        except OSError:
+            pump = None
+        if pump is None:  # no pipes (the user's pipe budget is spent): stay here, never retry
+            self.bulk_read = _NEVER
+            reactor.add(self.cfd, self, CLIENT_EVENTS_OUT if self.c_out else CLIENT_EVENTS)
+            reactor.add(self.ufd, self, UPSTREAM_EVENTS)
             return
         self.pump = pump
         if self.keepalive_due:
             self.keepalive_due = 0.0
-            upstream_sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # type: ignore[union-attr]
-        # The pump owns duplicates of both sockets: closing the transports only drops the
-        # loop's fds (no FIN: the sockets stay open through the duplicates).
-        transport.close()
-        peer.close()
+            us.setsockopt(_SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def _pump_done(self, exc: BaseException | None) -> None:
+        self.cs = self.us = None  # the pump closed them
         self._finish()
 
-    # -- relay ----------------------------------------------------------------------------
+    # -- the end ------------------------------------------------------------------------------
 
-    def connect_next(self) -> None:
+    def _close(self, rst: bool) -> None:
+        """Close both sockets (RST with `rst`: SO_LINGER 0) and end the relay."""
+        if self.finished:
+            return
+        if self.connecting:
+            self.connecting = False
+            self.listener.connecting.discard(self)
+        reactor = self.reactor
+        for sock in (self.cs, self.us):
+            if sock is None:
+                continue
+            if rst:
+                try:
+                    sock.setsockopt(_SOL_SOCKET, _SO_LINGER, _LINGER_RST)
+                except OSError:
+                    pass
+            reactor.close(sock)
+        self.cs = self.us = None
+        self._finish()
+
+    def _finish(self) -> None:
+        """Books, and out of the listener's set (a drain waits for that)."""
+        if self.finished:
+            return
+        self.finished = True
         lst = self.listener
-        target = lst.router.pick(self.client_ip, self.tried)
-        if target is None:
-            self.upstream = None
-            lst.no_endpoint(self)
-            return
-        loop = lst.loop
-        upstream = Upstream(self, target, loop.time() + self.options.connect_timeout)
-        self.upstream = upstream
-        lst.connecting.add(upstream)
-        if lst.watchdog is None:
-            lst.arm_watchdog()
-        upstream.start(loop)
-
-    def connect_failed(self, target: Target, reason: Failure) -> None:
-        self.listener.failed(target, reason)
-        self.tried = (*self.tried, target)
-        if self.transport is None or self.transport.is_closing():
-            return
-        self.connect_next()
-
-    def local_failure(self, exc: OSError) -> None:
-        """lbd could not even make the attempt (no fd, no buffer): no endpoint is to blame and
-        every other one would fail the same way, so the client is reset now."""
-        self.upstream = None
-        self.listener.local_failure(exc)
-        if self.transport is not None and not self.transport.is_closing():
-            reset(self.transport)
-
-    def upstream_connected(self, upstream: Upstream, transport: asyncio.Transport) -> None:
-        client_transport = self.transport
-        if self.upstream is not upstream or client_transport is None or client_transport.is_closing():
-            transport.abort()  # the client left while we were connecting
-            return
-        lst = self.listener
-        lst.router.succeeded(upstream.target)
-        upstream.counts = counts = lst.books.of(upstream.target)
-        counts.opened += 1
-        tcp = self.tcp
-        high, low = tcp.write_buffer_high, tcp.write_buffer_low
-        transport.set_write_buffer_limits(high, low)
-        client_transport.set_write_buffer_limits(high, low)
-        if tcp.keepalive:
-            self.keepalive_due = lst.loop.time() + KEEPALIVE_SCAN_SECONDS
-        self.peer = transport
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            for data in pending:
-                transport.write(data)
-                self.nbytes += len(data)
-        if self.eof:
-            transport.write_eof()
-        else:
-            client_transport.resume_reading()
+        lst.relays.discard(self)
+        pump = self.pump
+        up, down = self.nbytes, self.down_nbytes
+        if pump is not None:
+            up += pump.up.nbytes
+            down += pump.down.nbytes
+        lst.bytes_up += up
+        lst.bytes_down += down
+        counts = self.counts
+        if counts is not None:
+            counts.closed += 1
+            counts.bytes_up += up
+            counts.bytes_down += down
+        self.up_pending = self.down_pending = None
+        if lst.drain_waiter is not None and not lst.relays and not lst.drain_waiter.done():
+            lst.drain_waiter.set_result(None)
 
     def close_both(self) -> None:
-        """Both directions ended: close both transports (each flushes what it still holds)."""
+        """End the relay now, politely: FIN both ways (idle timeout with nothing buffered)."""
         if self.pump is not None:
             self.pump.close()
             return
-        if self.transport is not None:
-            self.transport.close()
-        if self.peer is not None:
-            self.peer.close()
+        self._close(rst=False)
 
     def abort(self) -> None:
-        """Reset both sides now (drain timeout, idle with data stuck in a buffer)."""
+        """Reset both sides now (drain timeout, idle with data stuck, a forced stop)."""
         if self.pump is not None:
             self.pump.abort()
             return
-        for transport in (self.transport, self.peer):
-            if transport is not None:  # even if closing: a close() may be stuck flushing
-                reset(transport)
+        self._close(rst=True)
 
     def buffered(self) -> int:
         if self.pump is not None:
             return self.pump.buffered
-        return sum(t.get_write_buffer_size() for t in (self.transport, self.peer) if t is not None)
+        return len(self.up_pending or b"") + len(self.down_pending or b"")
 
     def moved(self) -> int:
         """Bytes relayed both ways so far (for the idle sweep)."""
-        upstream, pump = self.upstream, self.pump
-        n = self.nbytes + (upstream.nbytes if upstream is not None else 0)
+        n = self.nbytes + self.down_nbytes
+        pump = self.pump
         return n if pump is None else n + pump.up.nbytes + pump.down.nbytes
+
+    def upstream_socket(self) -> socket.socket | None:
+        """The endpoint socket while the relay holds it (connected, not handed to a pump)."""
+        return None if self.connecting or self.pump is not None else self.us
+
+    def sockets(self) -> tuple[socket.socket | None, socket.socket | None]:
+        return self.cs, self.us

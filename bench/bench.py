@@ -200,9 +200,13 @@ def rss_mib(pid: int) -> float:
 
 
 # ---- backends and targets -------------------------------------------------------------------------
+WRK_THREADS = 1
+WORKERS = 1  # --workers: HAProxy nbthread, nginx worker_processes, lbd --workers (and the backend's nginx)
+
+
 def render(template: str, rundir: Path, **values: object) -> Path:
     text = Template((HERE / "conf" / f"{template}.in").read_text()).substitute(
-        rundir=rundir, http_backend=BACKEND["http"], iperf_backend=BACKEND["iperf"], udp_backend=BACKEND["udp"],
+        rundir=rundir, workers=WORKERS, http_backend=BACKEND["http"], iperf_backend=BACKEND["iperf"], udp_backend=BACKEND["udp"],
         **values)
     out = rundir / (f"{values['name']}.conf" if "name" in values else template)
     out.write_text(text)
@@ -242,6 +246,8 @@ def start_target(name: str, procs: Procs, lbd_cmd: str) -> Popen[bytes] | None:
                            "proxy")
     if name == "lbd":
         cmd = lbd_cmd.format(config=HERE / "lbd-bench.yaml", rundir=procs.rundir)
+        if WORKERS > 1:
+            cmd += f" --workers {WORKERS}"
         return procs.start(name, shlex.split(cmd), "proxy")
     return None     # direct
 
@@ -271,7 +277,7 @@ def ready(name: str, proc: Popen[bytes] | None, rundir: Path) -> bool:
 # ---- workloads ------------------------------------------------------------------------------------
 def wrk(procs: Procs, port: int, secs: int, conns: int, close: bool) -> Result:
     hdr = ["-H", "Connection: close"] if close else []
-    out = run_load(procs.taskset("load") + ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", *hdr,
+    out = run_load(procs.taskset("load") + ["wrk", f"-t{WRK_THREADS}", f"-c{conns}", f"-d{secs}s", "--latency", *hdr,
                                             f"http://127.0.0.1:{port}/1k.bin"], secs + 30)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)$", out, re.M)     # from --latency's distribution
@@ -454,7 +460,8 @@ def report(a: argparse.Namespace, started: str, res: Results, names: list[str]) 
         f"## {a.title}", "", f"- date: {started}", f"- command: `{shlex.join(sys.argv)}`",
         f"- machine: Linux {platform.release()}, {os.cpu_count()} CPUs, {cpu[1] if cpu else '?'}",
         f"- versions: {versions(a.lbd)}", f"- pinning: {pin}",
-        f"- reps: {a.reps}, target order rotated per rep, medians; wrk -t1 -c{a.conns} -d{a.wrk_secs}s "
+        f"- workers: {a.workers} (HAProxy nbthread, nginx worker_processes, lbd --workers; the backend nginx "
+        f"too)", f"- reps: {a.reps}, target order rotated per rep, medians; wrk -t{a.workers} -c{a.conns} -d{a.wrk_secs}s "
         f"(1 KiB body); iperf3 -t {a.iperf_secs}; UDP {a.udp_secs} s with {a.outstanding} requests in flight "
         f"(64 B, connected sockets)" + (f"; mem holds {a.hold} idle connections" if "mem" in a.only else "")
         + (f"; udpflood sends one datagram from each of {FLOOD_SOURCES:,} sources at {FLOOD_RATE:,}/s"
@@ -479,6 +486,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--outstanding", type=int, default=32, help="UDP requests in flight")
     ap.add_argument("--conns", type=int, default=50, help="wrk -c")
     ap.add_argument("--hold", type=int, default=5000, help="idle connections for the mem workload")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="threads/processes per proxy: HAProxy nbthread, nginx worker_processes, lbd --workers "
+                         "(use with --pin none); wrk gets as many threads")
     ap.add_argument("--lbd", default=DEFAULT_LBD, help="lbd command; {config} and {rundir} are filled in")
     ap.add_argument("--md", help="append the markdown report to this file")
     ap.add_argument("--json", help="write the raw results here")
@@ -486,6 +496,8 @@ def parse_args() -> argparse.Namespace:
     a = ap.parse_args()
     a.targets = [t for t in TARGETS if t in a.targets.split(",")]      # fixed order: direct first
     a.only = [w for w in WORKLOADS if w in a.only.split(",")]
+    global WORKERS, WRK_THREADS
+    WORKERS = WRK_THREADS = a.workers
     return a
 
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from lbd.admin import AdminError, Handler, Request
 from lbd.allocator import usable_addresses
-from lbd.balancer import Target
 from lbd.model import DEFAULT_NAMESPACE, Service
 from lbd.readiness import Drain
 from lbd.status import StatusDict, StatusView, statuses
@@ -32,20 +31,10 @@ if TYPE_CHECKING:
 def service_statuses(daemon: Daemon) -> list[StatusDict]:
     """Every service's status object, with what only the running daemon knows."""
     r = daemon.reconciler
-    now = time.monotonic()
-    ejected: dict[tuple[str, str], frozenset[Target]] = {}
-    active: dict[tuple[str, str], int] = {}
-    connections: dict[tuple[str, Target], int] = {}
-    for entry in daemon.listeners.running.values():
-        label = (entry.spec.service, entry.spec.port_name)
-        ejected[label] = ejected.get(label, frozenset()) | entry.router.passive.ejected(now)
-        active[label] = active.get(label, 0) + entry.listener.active
-        for target, counts in entry.listener.books.counts.items():
-            key = (entry.spec.service, target)
-            connections[key] = connections.get(key, 0) + counts.active
+    usage = daemon.listeners.usage(time.monotonic())
     assignments = r.allocation.assignments if r.allocation is not None else {}
-    view = StatusView(r.conditions, r.readiness, ejected, active, daemon.health.last_results(), r.first_seen,
-                      connections)
+    view = StatusView(r.conditions, r.readiness, usage.ejected, usage.active, daemon.health.last_results(),
+                      r.first_seen, usage.connections)
     return statuses(r.model.services, assignments, view)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -58,6 +59,16 @@ def _buffer_size(value: str) -> int:
     return number
 
 
+def _workers(value: str) -> int:
+    """A count of data-plane processes, or `auto`: one per CPU this process may run on."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    number = int(value)
+    if not 1 <= number <= 256:
+        raise argparse.ArgumentTypeError(f"{value} must be auto or 1-256")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lbd", description="L4 load balancer daemon: MetalLB-style VIPs, kube-proxy-style relay")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="re-announce every N seconds (off by default)")
     run.add_argument("--socket-buffer", type=_buffer_size, default=default("socket_buffer"), metavar="BYTES",
                      help="kernel buffer per relayed socket and direction (e.g. 256K, 4M); 0 = kernel autotuning")
+    run.add_argument("--workers", type=_workers, default=default("workers"), metavar="N|auto",
+                     help="data-plane processes sharing each port (SO_REUSEPORT, steered by client "
+                          "address so ClientIP affinity holds); auto = one per CPU (default: %(default)s, in-process)")
     run.add_argument("--reset-state", action="store_true", default=default("reset_state"),
                      help="when no generation of the VIP state is readable, set it aside and assign VIPs afresh "
                           "(without it, lbd assigns no new VIP then); ignored while the state is readable")
@@ -101,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--admin-socket", default=str(DEFAULT_ADMIN_SOCKET))
     reload.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by `lbd run --workers N`
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--channel-fd", type=int, required=True)
+    worker.add_argument("--drain-timeout", type=float, required=True)
+    worker.add_argument("--log-format", choices=["json", "console"], default="json")
     sub.add_parser("demo", help="build a throwaway lab of network namespaces and show lbd at work")
     return parser
 
@@ -193,8 +212,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         garp_refresh=args.garp_refresh,
         reset_state=args.reset_state,
         socket_buffer=args.socket_buffer,
+        workers=args.workers,
+        log_format=args.log_format,
     )
     return run(run_daemon(options))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from lbd.loop import run
+    from lbd.workers.worker import serve
+
+    lbd_log.configure(args.log_format)
+    return run(serve(args.index, args.channel_fd, args.drain_timeout))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -207,9 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _config_paths(parser, args)
-    if args.command != "run":
+    if args.command not in ("run", "worker"):
         lbd_log.configure("console", level=40)  # quiet: commands print their own results
-    handlers = {"run": cmd_run, "check": cmd_check, "reload": cmd_reload, "demo": cmd_demo, **ctl.HANDLERS}
+    handlers = {"run": cmd_run, "worker": cmd_worker, "check": cmd_check, "reload": cmd_reload, "demo": cmd_demo, **ctl.HANDLERS}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

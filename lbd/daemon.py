@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 
 from lbd import api, config, metrics, preflight
+from lbd import log as lbd_log
 from lbd.admin import AdminServer
 from lbd.assignments import AssignmentStore, FileAssignmentStore
 from lbd.config import Attempt
@@ -40,7 +41,7 @@ from lbd.errors import CannotStart
 from lbd.events import EventLog
 from lbd.health.checker import HealthChecker
 from lbd.limits import LOW_CONNECTIONS, raise_nofile
-from lbd.listeners import Listeners
+from lbd.listeners import DataPlane, Listeners
 from lbd.model import IPAddress, Model
 from lbd.net.presence import L2Presence, Presence
 from lbd.options import DaemonOptions
@@ -51,6 +52,7 @@ from lbd.relay import RelayOptions
 from lbd.status import ServiceState
 from lbd.systemd import Notifier
 from lbd.vips import Vips
+from lbd.workers.pool import WorkerPool
 
 log = structlog.get_logger()
 
@@ -162,7 +164,14 @@ class Daemon:
         self.vips = Vips(presence)
         self.health = HealthChecker()
         self.events = EventLog()
-        self.listeners = Listeners(options.drain_timeout, health=self.health)
+        self.workers: WorkerPool | None = None
+        self.listeners: DataPlane
+        if options.workers > 1:  # the data plane in N processes; this one keeps the control plane
+            self.workers = WorkerPool(options.workers, options.drain_timeout, health=self.health,
+                                      log_format=lbd_log.resolve(options.log_format))  # type: ignore[arg-type]
+            self.listeners = self.workers
+        else:
+            self.listeners = Listeners(options.drain_timeout, health=self.health)
         self.reconciler = Reconciler(
             node=options.node_name,
             relay=RelayOptions(connect_timeout=options.connect_timeout, socket_buffer=options.socket_buffer or None),
@@ -193,6 +202,8 @@ class Daemon:
             admin = AdminServer(self.options.admin_socket, api.routes(self))
             parts.append(Component("admin", admin.start, admin.close))
         parts.append(Component("health", self.health.start, self.health.stop))
+        if self.workers is not None:
+            parts.append(Component("workers", self.workers.start, self.workers.stop))
         parts.append(Component("dataplane", lambda: self._start_dataplane(model), self._stop_dataplane))
         parts.append(Component("tick", self._start_tick, self._stop_tick))
         return parts

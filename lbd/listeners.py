@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol as Interface
@@ -56,6 +57,47 @@ class OpenListener:
     spec: ListenerSpec
     listener: Listener
     router: ServiceRouter
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What the listeners carry now, for the status (`lbd get`): by (service, port name) the
+    endpoints passive health ejected and the connections (UDP: flows) open; by (service, target)
+    the connections open to each endpoint. Plain data: workers report theirs, summed here."""
+
+    ejected: dict[tuple[str, str], frozenset[Target]]
+    active: dict[tuple[str, str], int]
+    connections: dict[tuple[str, Target], int]
+
+    @staticmethod
+    def merge(parts: list[Usage]) -> Usage:
+        ejected: dict[tuple[str, str], frozenset[Target]] = {}
+        active: dict[tuple[str, str], int] = {}
+        connections: dict[tuple[str, Target], int] = {}
+        for part in parts:
+            for label, targets in part.ejected.items():
+                ejected[label] = ejected.get(label, frozenset()) | targets
+            for label, n in part.active.items():
+                active[label] = active.get(label, 0) + n
+            for key, n in part.connections.items():
+                connections[key] = connections.get(key, 0) + n
+        return Usage(ejected, active, connections)
+
+
+class DataPlane(Interface):
+    """What the reconciler and the daemon drive: the Listeners below, in this process, or
+    lbd.workers.pool.WorkerPool, the same verbs over N worker processes."""
+
+    def protocols(self) -> frozenset[Protocol]: ...
+    def specs(self) -> dict[ListenerKey, ListenerSpec]: ...
+    async def open(self, spec: ListenerSpec) -> None: ...
+    def update(self, change: ListenerChange) -> None: ...
+    def close(self, key: ListenerKey) -> asyncio.Task[int] | None: ...
+    def drains(self, ip: IPAddress) -> list[asyncio.Task[int]]: ...
+    def stop_accepting(self) -> None: ...
+    def cut_all(self) -> int: ...
+    async def drain_all(self, timeout: float) -> int: ...
+    def usage(self, now: float) -> Usage: ...
 
 
 class PassiveFailures(Interface):
@@ -104,11 +146,26 @@ class Listeners:
     def specs(self) -> dict[ListenerKey, ListenerSpec]:
         return {key: r.spec for key, r in self.running.items()}
 
-    async def open(self, spec: ListenerSpec) -> None:
-        """Bind and listen; raises OSError (e.g. the port is in use) and leaves nothing behind."""
+    def usage(self, now: float) -> Usage:
+        ejected: dict[tuple[str, str], frozenset[Target]] = {}
+        active: dict[tuple[str, str], int] = {}
+        connections: dict[tuple[str, Target], int] = {}
+        for entry in self.running.values():
+            label = (entry.spec.service, entry.spec.port_name)
+            ejected[label] = ejected.get(label, frozenset()) | entry.router.passive.ejected(now)
+            active[label] = active.get(label, 0) + entry.listener.active
+            for target, counts in entry.listener.books.counts.items():
+                key = (entry.spec.service, target)
+                connections[key] = connections.get(key, 0) + counts.active
+        return Usage(ejected, active, connections)
+
+    async def open(self, spec: ListenerSpec, sock: socket.socket | None = None) -> None:
+        """Bind and listen (or serve `sock`, bound by the control plane for a worker); raises
+        OSError (e.g. the port is in use) and leaves nothing behind."""
         router = _router(spec)
         router.probe_failed = probe_reporter(self.health, spec.probe)
         listener = self.kinds[spec.key.protocol](spec, router)
+        listener.given_socket = sock
         await listener.start()
         self.running[spec.key] = OpenListener(spec, listener, router)
         log.info("listener_open", service=spec.service, listener=str(spec.key), endpoints=len(spec.targets))
@@ -142,11 +199,11 @@ class Listeners:
             entry.router.probe_failed = probe_reporter(self.health, spec.probe)
         entry.spec = spec
 
-    def close(self, key: ListenerKey) -> None:
-        """Stop accepting now; established connections drain in the background."""
+    def close(self, key: ListenerKey) -> asyncio.Task[int] | None:
+        """Stop accepting now; established connections drain in the background (the task)."""
         entry = self.running.pop(key, None)
         if entry is None:
-            return
+            return None
         listener = entry.listener
         listener.stop_accepting()
         log.info("listener_closed", service=entry.spec.service, listener=str(key), draining=listener.active)
@@ -164,6 +221,7 @@ class Listeners:
             self._forget_if_unused(listener.service, listener.port_name)
 
         task.add_done_callback(drained)
+        return task
 
     def _forget_if_unused(self, service: str, port_name: str) -> None:
         """Drop the metric series of a service port once no listener (open or draining) has it;

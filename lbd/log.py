@@ -11,9 +11,15 @@ import structlog
 LogFormat = Literal["json", "console", "auto"]
 
 
-def configure(fmt: LogFormat = "auto", level: int = logging.INFO) -> None:
+def resolve(fmt: LogFormat) -> Literal["json", "console"]:
+    """`auto`: pretty on a terminal, JSON otherwise (systemd's journal)."""
     if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
+        return "console" if sys.stderr.isatty() else "json"
+    return fmt
+
+
+def configure(fmt: LogFormat = "auto", level: int = logging.INFO) -> None:
+    fmt = resolve(fmt)
     renderer: structlog.typing.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()

@@ -241,8 +241,16 @@ UDP_ENDPOINT_METRICS = (endpoint_udp_flows_active, endpoint_udp_flows_total, end
 LISTENER_METRICS = (connections_total, connections_active, connect_failures_total, no_endpoint_resets_total,
                     bytes_total, udp_flows_active, udp_flows_total, udp_datagrams_total, udp_bytes_total,
                     udp_drops_total, *TCP_ENDPOINT_METRICS, *UDP_ENDPOINT_METRICS)
+# What the data plane counts. With workers (lbd.workers) each process has its own and the
+# control plane serves their sum, from one scrape.
+DATAPLANE_METRICS = (*LISTENER_METRICS, local_resource_failures_total)
 LAYER2_METRICS = (gratuitous_sent_total, requests_received_total, responses_sent_total, layer2_conflicts_total)
 POOL_METRICS = (addresses_in_use, addresses_total)
+
+
+def dataplane_names() -> frozenset[str]:
+    """The family names of DATAPLANE_METRICS (a counter's without `_total`, as collected)."""
+    return frozenset(family.name for metric in DATAPLANE_METRICS for family in metric.describe())
 
 
 def forget(metric: Any, keep: Callable[[dict[str, str]], bool] | None = None, **match: str) -> int:

@@ -39,6 +39,8 @@ class DaemonOptions:
     garp_refresh: float | None = None
     reset_state: bool = False  # the state is unreadable: accept assigning VIPs afresh
     socket_buffer: int = DEFAULT_SOCKET_BUFFER  # bytes per relayed socket and direction; 0 = autotuning
+    workers: int = 1  # data-plane processes; 1 relays in the daemon's own process (lbd.workers)
+    log_format: str = "auto"  # json, console or auto (lbd.log); workers log as this process does
 
 
 def default(name: str) -> Any:

@@ -39,7 +39,7 @@ from lbd.events import EventLog
 from lbd.health.checker import HealthChecker
 from lbd.health.probe import FIRST_PROBE_SPREAD, ProbeSpec, ProbeVerdict
 from lbd.health.report import ReadinessReport
-from lbd.listeners import Listeners
+from lbd.listeners import DataPlane
 from lbd.model import IPAddress, Model, Service
 from lbd.ownership import Ownership, OwnershipGate
 from lbd.plan import Desired, Plan, Running, desire, plan
@@ -119,7 +119,7 @@ class Reconciler:
         store: AssignmentStore,
         gate: OwnershipGate,
         vips: Vips,
-        listeners: Listeners,
+        listeners: DataPlane,
         health: HealthChecker | None = None,
         events: EventLog | None = None,
     ) -> None:

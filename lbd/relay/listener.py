@@ -107,6 +107,23 @@ class Listener:
         self._local_log = BurstLog()
         self._m_failures: dict[tuple[Target, Failure], Any] = {}
         self.books = EndpointBooks(self.ENDPOINT_METRICS, service, port_name)
+        # With workers (lbd.workers) the control plane binds the socket and hands it over.
+        self.given_socket: socket.socket | None = None
+
+    def listening_socket(self, kind: socket.SocketKind, options: Sequence[tuple[int, int, int]] = ()) -> socket.socket:
+        """The socket to serve: the one handed over (`given_socket`, bound by the control plane
+        into a reuseport group), with `options` applied, or a new one bound here."""
+        sock, self.given_socket = self.given_socket, None
+        if sock is None:
+            return bound_socket(self.host, self.port, kind, options)
+        try:
+            for level, name, value in options:
+                sock.setsockopt(level, name, value)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     # -- the verbs the daemon uses (protocols override what they need) ------------------------
 

@@ -20,7 +20,7 @@ from lbd import metrics
 from lbd.balancer import Target
 from lbd.relay import RelayOptions, Router, TcpOptions
 from lbd.relay import tcp_connection
-from lbd.relay.listener import Listener, bound_socket
+from lbd.relay.listener import Listener
 from lbd.relay.reactor import IN, Reactor
 from lbd.relay.tcp_connection import CLIENT_EVENTS, LOCAL_ERRNOS, Relay
 
@@ -100,7 +100,7 @@ class TcpListener(Listener):
         if self.options.socket_buffer:  # before listen(): accepted sockets inherit the cap
             options += [(socket.SOL_SOCKET, socket.SO_SNDBUF, self.options.socket_buffer),
                         (socket.SOL_SOCKET, socket.SO_RCVBUF, self.options.socket_buffer)]
-        sock = bound_socket(self.host, self.port, socket.SOCK_STREAM, options)
+        sock = self.listening_socket(socket.SOCK_STREAM, options)
         try:
             sock.listen(LISTEN_BACKLOG)
             self.reactor = Reactor.of(self.loop)

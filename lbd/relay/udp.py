@@ -111,7 +111,7 @@ class UdpListener(Listener):
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        sock = bound_socket(self.host, self.port, socket.SOCK_DGRAM, ((socket.SOL_SOCKET, socket.SO_RCVBUF, VIP_RCVBUF),))
+        sock = self.listening_socket(socket.SOCK_DGRAM, ((socket.SOL_SOCKET, socket.SO_RCVBUF, VIP_RCVBUF),))
         self._sock = sock
         self.port = sock.getsockname()[1]
         self.loop.add_reader(sock.fileno(), self._on_client_datagrams)

@@ -163,11 +163,14 @@ def test_tcp_probe_on_a_closed_port_keeps_endpoints_out_and_clients_are_reset_at
     assert node.stop() == 0
 
 
-def test_a_killed_backend_leaves_on_the_first_refused_connect_with_no_client_error(node: LbdNode) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_backend_leaves_on_the_first_refused_connect_with_no_client_error(node: LbdNode, workers: int) -> None:
+    """With workers, the refused connect happens in a worker and reaches the control plane's
+    checker as a message; the new readiness goes back to every worker in the plan."""
     lab = node.lab
     # Probes every 3 s with failureThreshold 3: a probe alone would take ~9 s to notice.
     node.config.write_text(config(lab, service(lab, "web", http_probe(periodSeconds=3, failureThreshold=3))))
-    node.start()
+    node.start("--workers", str(workers))
     wait(all_ready(node, "web"), 4)
     ip = vip(node, "web")
     victim = lab.backends[1]

@@ -267,3 +267,41 @@ def test_workers_end_when_the_control_plane_is_killed(daemon_factory, backends) 
     wait_for(lambda: all(not Path(f"/proc/{pid}/status").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
                          for pid in workers), what="the workers to exit")
     assert len(events(d, "worker_orphaned")) == WORKERS
+
+
+def test_sigterm_drains_what_every_worker_relays_then_resets_the_rest(daemon_factory, backends) -> None:
+    """SIGTERM with workers: no new connections, established ones (on both workers) go on
+    relaying until they end or the drain timeout resets them; then every process exits 0."""
+    port = free_port()
+    d = daemon_factory(config(backends, port))
+    d.start("--workers", str(WORKERS), "--drain-timeout", "3")
+    workers = children(d.proc.pid)
+    by_worker = {slot(s, WORKERS): s for s in SOURCES}
+    held = [socket.create_connection((VIP, port), timeout=5, source_address=(by_worker[w], 0)) for w in range(WORKERS)]
+    try:
+        readers = [c.makefile("rb") for c in held]
+        assert all(r.readline().startswith(b"backend-") for r in readers)
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(OSError):
+            hello(SOURCES[0], port)
+        for c, r in zip(held, readers):
+            c.sendall(b"still here\n")
+            assert r.readline() == b"still here\n"
+        readers[0].close()  # (the file object holds the socket open too)
+        held[0].close()  # one ends by itself; the other is reset at the drain timeout
+        started = time.monotonic()
+        assert d.proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+        held[1].settimeout(5)
+        try:
+            closed = held[1].recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        assert closed
+    finally:
+        for c in held:
+            c.close()
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+    (done,) = events(d, "shutdown_complete")
+    assert done["aborted_connections"] == 1

@@ -21,11 +21,14 @@ Guarantees (the relay's tests check each):
   SplicePump (lbd.relay.splice): payload never enters Python from then on.
 
 What a short connection costs, and why (each was measured against HAProxy, same core):
-- syscalls: accept (batched), socket, TCP_NODELAY, connect, two epoll_ctl ADD, then only the
-  reads, writes, one shutdown and the two closes. No getsockname/getpeername (the client's
-  address comes with accept), no SO_ERROR on success (EPOLLOUT without ERR means connected),
+- syscalls: accept (batched), getsockname (CPython checks a fd it wraps in a socket object),
+  socket, TCP_NODELAY, connect, two epoll_ctl ADD, then only the reads, writes, one shutdown
+  and the two closes: ~14 per short connection against HAProxy's ~18 (bench/RESULTS.md). No
+  getpeername (the client's address comes with accept), no SO_ERROR on success (EPOLLOUT
+  without ERR means connected),
   no epoll_ctl MOD unless a client reads slowly, no EAGAIN read after a short read (the next
-  arrival raises a new edge; an EOF already seen by epoll is read at once);
+  arrival raises a new edge), no read for an EOF that epoll reported before a short read
+  (EPOLLRDHUP: the FIN is queued after every byte, so a short read reached it);
 - the client socket stays blocking for the kernel (O_NONBLOCK would cost two fcntl): every read
   and write passes MSG_DONTWAIT instead;
 - one shared 256 KiB read buffer for every relay of the loop, written on with one
@@ -68,6 +71,10 @@ CLIENT_EVENTS_OUT = CLIENT_EVENTS | OUT
 UPSTREAM_EVENTS = IN | OUT | RDHUP | ET  # EPOLLOUT says the connect finished, then: room again
 _GONE = HUP | ERR  # both directions shut, or an error (RST) pending
 _EOF_SEEN = RDHUP | HUP | ERR  # a read after a short one must still happen: it returns EOF/error
+# What epoll said of a side's end (c_end/u_end): its FIN arrived (RDHUP or HUP: every byte it
+# sent is queued before it, so a short read after it drained the socket and the EOF read can be
+# skipped), or an error is pending (the read must happen: it reports the error).
+_FIN, _FAILED = 1, 2
 
 _DONTWAIT = socket.MSG_DONTWAIT
 _BUF = bytearray(BUF_SIZE)
@@ -133,11 +140,13 @@ class Relay:
         "options",
         "tcp",
         "c_readable",  # the client socket may hold unread data (edge-triggered bookkeeping)
-        "c_eof_seen",  # epoll saw the client's FIN or an error: read on after a short read
+        "c_end",  # epoll saw the client's FIN (_FIN) or an error (_FAILED): read on after a short read
+        "c_drained",  # a short read after the FIN: nothing is left but the EOF
         "c_eof",  # the client's EOF was read (and passed on)
         "c_out",  # EPOLLOUT registered for the client (it read slowly once)
         "u_readable",
-        "u_eof_seen",
+        "u_end",
+        "u_drained",
         "u_eof",
         "up_pending",  # client bytes the endpoint could not take yet
         "down_pending",  # endpoint bytes the client could not take yet
@@ -168,8 +177,9 @@ class Relay:
         self.connecting = False
         self.options = listener.options  # a relay keeps the options it started with
         self.tcp = listener.tcp
-        self.c_readable = self.c_eof_seen = self.c_eof = self.c_out = False
-        self.u_readable = self.u_eof_seen = self.u_eof = False
+        self.c_readable = self.c_eof = self.c_out = self.c_drained = False
+        self.u_readable = self.u_eof = self.u_drained = False
+        self.c_end = self.u_end = 0
         self.up_pending: memoryview | None = None
         self.down_pending: memoryview | None = None
         self.nbytes = 0
@@ -281,14 +291,20 @@ class Relay:
             if events & (IN | _EOF_SEEN):
                 self.u_readable = True
                 if events & _EOF_SEEN:
-                    self.u_eof_seen = True
+                    if events & ERR:  # the read must report it, even after a FIN
+                        self.u_end, self.u_drained = _FAILED, False
+                    elif not self.u_end:
+                        self.u_end = _FIN
                 self._down()
             return
         # The client socket.
         if events & (IN | _EOF_SEEN):
             self.c_readable = True
             if events & _EOF_SEEN:
-                self.c_eof_seen = True
+                if events & ERR:
+                    self.c_end, self.c_drained = _FAILED, False
+                elif not self.c_end:
+                    self.c_end = _FIN
         if self.connecting or self.us is None:
             if events & _GONE:  # reset (or gone both ways) before we could connect: give up
                 self._close(rst=True)
@@ -331,6 +347,11 @@ class Relay:
         for _ in range(MAX_READS):
             if not self.c_readable:
                 return
+            if self.c_drained:  # the read would return 0: skip it
+                self.c_readable = False
+                self.c_eof = True
+                self._eof_from(client=True)
+                return
             try:
                 n = cs.recv_into(_BUF, BUF_SIZE, _DONTWAIT)  # type: ignore[union-attr]
             except BlockingIOError:
@@ -345,8 +366,12 @@ class Relay:
                 self._eof_from(client=True)
                 return
             self.nbytes += n
-            if n < BUF_SIZE and not self.c_eof_seen:
-                self.c_readable = False  # drained: new data raises a new edge
+            if n < BUF_SIZE:
+                end = self.c_end
+                if not end:
+                    self.c_readable = False  # drained: new data raises a new edge
+                elif end == _FIN:
+                    self.c_drained = True
             try:
                 sent = us.send(_MV[:n], _DONTWAIT)  # type: ignore[union-attr]
             except BlockingIOError:
@@ -385,6 +410,11 @@ class Relay:
         for _ in range(MAX_READS):
             if not self.u_readable:
                 return
+            if self.u_drained:
+                self.u_readable = False
+                self.u_eof = True
+                self._eof_from(client=False)
+                return
             try:
                 n = us.recv_into(_BUF, BUF_SIZE, _DONTWAIT)  # type: ignore[union-attr]
             except BlockingIOError:
@@ -399,8 +429,12 @@ class Relay:
                 self._eof_from(client=False)
                 return
             self.down_nbytes += n
-            if n < BUF_SIZE and not self.u_eof_seen:
-                self.u_readable = False
+            if n < BUF_SIZE:
+                end = self.u_end
+                if not end:
+                    self.u_readable = False
+                elif end == _FIN:
+                    self.u_drained = True
             try:
                 sent = cs.send(_MV[:n], _DONTWAIT)  # type: ignore[union-attr]
             except BlockingIOError:

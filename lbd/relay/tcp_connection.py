@@ -30,7 +30,7 @@ What a short connection costs, and why (each was measured against HAProxy, same 
   arrival raises a new edge), no read for an EOF that epoll reported before a short read
   (EPOLLRDHUP: the FIN is queued after every byte, so a short read reached it);
 - the client socket stays blocking for the kernel (O_NONBLOCK would cost two fcntl): every read
-  and write passes MSG_DONTWAIT instead;
+  and write on it passes MSG_DONTWAIT instead (the endpoint socket is born non-blocking);
 - one shared 256 KiB read buffer for every relay of the loop, written on with one
   `send(memoryview)`: no allocation per message unless the destination is full;
 - SO_KEEPALIVE on the endpoint socket comes from the housekeeping scan once the relay lived
@@ -75,6 +75,7 @@ _EOF_SEEN = RDHUP | HUP | ERR  # a read after a short one must still happen: it 
 # sent is queued before it, so a short read after it drained the socket and the EOF read can be
 # skipped), or an error is pending (the read must happen: it reports the error).
 _FIN, _FAILED = 1, 2
+_READABLE = IN | _EOF_SEEN
 
 _DONTWAIT = socket.MSG_DONTWAIT
 _BUF = bytearray(BUF_SIZE)
@@ -288,7 +289,7 @@ class Relay:
                 self._up()  # room again at the endpoint: flush, then read the client on
                 if self.finished:
                     return
-            if events & (IN | _EOF_SEEN):
+            if events & _READABLE:
                 self.u_readable = True
                 if events & _EOF_SEEN:
                     if events & ERR:  # the read must report it, even after a FIN
@@ -298,7 +299,7 @@ class Relay:
                 self._down()
             return
         # The client socket.
-        if events & (IN | _EOF_SEEN):
+        if events & _READABLE:
             self.c_readable = True
             if events & _EOF_SEEN:
                 if events & ERR:
@@ -333,7 +334,7 @@ class Relay:
         pending = self.up_pending
         if pending is not None:
             try:
-                sent = us.send(pending, _DONTWAIT)  # type: ignore[union-attr]
+                sent = us.send(pending)  # type: ignore[union-attr]
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -373,7 +374,7 @@ class Relay:
                 elif end == _FIN:
                     self.c_drained = True
             try:
-                sent = us.send(_MV[:n], _DONTWAIT)  # type: ignore[union-attr]
+                sent = us.send(_MV[:n])  # type: ignore[union-attr]
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
@@ -416,7 +417,7 @@ class Relay:
                 self._eof_from(client=False)
                 return
             try:
-                n = us.recv_into(_BUF, BUF_SIZE, _DONTWAIT)  # type: ignore[union-attr]
+                n = us.recv_into(_BUF)  # type: ignore[union-attr]  # (non-blocking: no flags to parse)
             except BlockingIOError:
                 self.u_readable = False
                 return

@@ -137,19 +137,23 @@ def curl(lab: Lab, url: str) -> str:
     return lab.exec("client", ["curl", "-s", "--max-time", "3", url], timeout=10).stdout.strip()
 
 
-def test_lbd_serves_as_the_unit_runs_it(lab: Lab, as_unit: AsUnit) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_lbd_serves_as_the_unit_runs_it(lab: Lab, as_unit: AsUnit, workers: int) -> None:
     lab.start_backends()
     set_arp(lab, all_arp_ignore=1, all_arp_announce=2)  # what /etc/sysctl.d/60-lbd.conf does
     vip = lab.vip(0)
     with lab.capture("client", ethertypes=(ETH_P_ARP,)) as capture:
-        node = start(lab, as_unit, config(lab), wrap=as_unit.wrap)
+        node = start(lab, as_unit, config(lab), "--workers", str(workers), wrap=as_unit.wrap)
         time.sleep(0.5)
     try:
         assert node.proc is not None
-        seen = status(node.proc.pid)
-        assert seen["Uid"].split() == [str(UID)] * 4
-        assert int(seen["CapEff"], 16) == int(seen["CapAmb"], 16) == int(seen["CapBnd"], 16) == UNIT_CAPS
-        assert seen["NoNewPrivs"] == "1" and seen["Seccomp"] == "2"
+        workers_pids = [int(p) for p in Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split()]
+        assert len(workers_pids) == (workers if workers > 1 else 0)
+        for pid in (node.proc.pid, *workers_pids):  # workers inherit the sandbox, the uid and the caps
+            seen = status(pid)
+            assert seen["Uid"].split() == [str(UID)] * 4
+            assert int(seen["CapEff"], 16) == int(seen["CapAmb"], 16) == int(seen["CapBnd"], 16) == UNIT_CAPS
+            assert seen["NoNewPrivs"] == "1" and seen["Seccomp"] == "2"
         sandbox_line = next(line for line in node.log_text().splitlines() if line.startswith("sandbox:"))
         assert '"seccomp": true' in sandbox_line and f'"mdwe": {str(as_unit.sandbox.mdwe).lower()}' in sandbox_line
         # netlink: the VIP is on eth0 with lbd's label; packet sockets: its gratuitous ARPs.

@@ -34,6 +34,6 @@ def configure(fmt: LogFormat = "auto", level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),  # one write per line: workers share the fd
         cache_logger_on_first_use=True,
     )

@@ -1,0 +1,4 @@
+"""Cluster mode (`lbd run --etcd-endpoints`): VIP ownership and fencing across nodes.
+
+    fencing.py   which VIPs this node may answer for, and until when (pure)
+"""

@@ -17,6 +17,17 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# etcd for the cluster tests: Debian's etcd-server unpacked into .venv/etcd, not installed, so
+# no etcd service is started or left enabled on this machine. Tests run their own members.
+if [ ! -x .venv/etcd/usr/bin/etcd ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq etcd-server >/dev/null 2>&1) \
+    || { apt-get update -qq && (cd "$tmp" && apt-get download -qq etcd-server >/dev/null); }
+  mkdir -p .venv/etcd
+  dpkg-deb -x "$tmp"/etcd-server_*.deb .venv/etcd
+  rm -rf "$tmp"
+fi
+
 PY=${PYTHON:-python3}
 if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   rm -rf .venv  # absent, or left half-made by an interrupted run

@@ -1,0 +1,207 @@
+"""etcd v3 through its JSON gateway (the route Patroni takes): leases, transactions, ranges, watch.
+
+Plain HTTP/1.1 POSTs of JSON (keys and values base64, 64-bit numbers as strings) with httpx on
+the event loop: no gRPC runtime, no threads, nothing that a fork could leave half-locked (the
+workers of `lbd run --workers` are exec'd and never hold a client anyway). Unary calls have an
+exact deadline each (`timeout`, over every endpoint tried); a refused or timed-out endpoint is
+left for the next one, and the one that answered is tried first next time. A watch is a
+streamed response, one JSON object per line; a watch cut short is resumed by the caller from
+the last revision + 1, and one whose revision was compacted raises Compacted (resync in full).
+
+Only what cluster mode needs; etcd's own API reference names every field used here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+DEFAULT_TIMEOUT = 1.0  # seconds per unary call, all endpoints included
+
+
+class EtcdError(Exception):
+    """etcd answered with an error (its gRPC code and message)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Unavailable(EtcdError):
+    """No endpoint answered within the deadline."""
+
+
+class Compacted(EtcdError):
+    """A watch asked for history etcd no longer has: read everything again (`range`)."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"revision compacted up to {revision}")
+        self.revision = revision
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    kind: str  # "PUT" or "DELETE"
+    kv: KeyValue
+    prev: KeyValue | None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that covers every key starting with `prefix` (etcd's `--prefix`)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
+
+
+def _kv(raw: dict[str, Any] | None) -> KeyValue | None:
+    if not raw:
+        return None
+    return KeyValue(_unb64(raw.get("key")), _unb64(raw.get("value")), int(raw.get("create_revision", 0)),
+                    int(raw.get("mod_revision", 0)), int(raw.get("lease", 0)))
+
+
+class EtcdClient:
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoint")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout = timeout
+        self._current = 0
+        # No pooled connection outlives a request's deadline; watches get their own client.
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), trust_env=False)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """POST to the first endpoint that answers, within one deadline for the whole call."""
+        deadline = timeout if timeout is not None else self.timeout
+        errors: list[str] = []
+        try:
+            async with asyncio.timeout(deadline):
+                for attempt in range(len(self.endpoints)):
+                    index = (self._current + attempt) % len(self.endpoints)
+                    url = self.endpoints[index] + "/v3" + path
+                    try:
+                        response = await self._http.post(url, json=body)
+                    except httpx.TransportError as exc:
+                        errors.append(f"{self.endpoints[index]}: {exc!r}")
+                        continue
+                    self._current = index
+                    data = response.json()
+                    if response.status_code != 200 or "error" in data:
+                        raise EtcdError(str(data.get("message") or data.get("error") or response.status_code),
+                                        data.get("code"))
+                    return data
+        except TimeoutError:
+            errors.append(f"no answer within {deadline} s")
+        raise Unavailable("; ".join(errors) or "no endpoint answered")
+
+    # ---- leases ---------------------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> tuple[int, int]:
+        """A new lease: (id, the TTL etcd granted, which may be more than asked for)."""
+        data = await self._call("/lease/grant", {"TTL": ttl})
+        return int(data["ID"]), int(data["TTL"])
+
+    async def keepalive(self, lease: int) -> int:
+        """Renew a lease: its TTL, or 0 if etcd no longer has it."""
+        data = await self._call("/lease/keepalive", {"ID": lease})
+        return int(data.get("result", {}).get("TTL", 0))
+
+    async def revoke(self, lease: int) -> None:
+        try:
+            await self._call("/lease/revoke", {"ID": lease})
+        except EtcdError as exc:
+            if "not found" not in str(exc):
+                raise
+
+    async def time_to_live(self, lease: int) -> int:
+        """Seconds left on a lease; -1 if it is gone."""
+        data = await self._call("/lease/timetolive", {"ID": lease})
+        return int(data.get("TTL", -1))
+
+    # ---- keys -----------------------------------------------------------------------------------
+
+    async def create(self, key: bytes, value: bytes, lease: int = 0) -> bool:
+        """Put `key` only if it does not exist (create_revision == 0); True if this call made it."""
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = lease
+        data = await self._call("/kv/txn", {
+            "compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}],
+            "success": [{"request_put": put}],
+        })
+        return bool(data.get("succeeded"))
+
+    async def delete_if(self, key: bytes, value: bytes) -> bool:
+        """Delete `key` only if it still holds `value` (a node releases only its own claim)."""
+        data = await self._call("/kv/txn", {
+            "compare": [{"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}],
+            "success": [{"request_delete_range": {"key": _b64(key)}}],
+        })
+        return bool(data.get("succeeded"))
+
+    async def put(self, key: bytes, value: bytes) -> int:
+        data = await self._call("/kv/put", {"key": _b64(key), "value": _b64(value)})
+        return int(data["header"]["revision"])
+
+    async def range(self, prefix: bytes) -> tuple[int, list[KeyValue]]:
+        """Every key under `prefix`, and the store's revision they were read at."""
+        data = await self._call("/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        kvs = [kv for raw in data.get("kvs", []) if (kv := _kv(raw)) is not None]
+        return int(data["header"]["revision"]), kvs
+
+    # ---- watch ----------------------------------------------------------------------------------
+
+    async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+        """Changes under `prefix` from `start_revision` on, a batch per etcd response, until the
+        stream ends or fails (the caller resumes from the last revision + 1)."""
+        body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+                                   "start_revision": start_revision, "prev_kv": True}}
+        endpoint = self.endpoints[self._current]
+        timeout = httpx.Timeout(self.timeout, read=None)  # a quiet watch is not a dead one
+        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as http:
+            async with http.stream("POST", endpoint + "/v3/watch", json=body) as response:
+                if response.status_code != 200:
+                    raise EtcdError(f"watch refused: HTTP {response.status_code}")
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    result = json.loads(line).get("result", {})
+                    compacted = int(result.get("compact_revision", 0))
+                    if compacted:
+                        raise Compacted(compacted)
+                    events = [
+                        WatchEvent(e.get("type", "PUT"), _kv(e["kv"]), _kv(e.get("prev_kv")))  # type: ignore[arg-type]
+                        for e in result.get("events", [])
+                    ]
+                    if events:
+                        yield events

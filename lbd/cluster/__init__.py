@@ -1,5 +1,5 @@
 """Cluster mode (`lbd run --etcd-endpoints`): VIP ownership and fencing across nodes.
 
     fencing.py   which VIPs this node may answer for, and until when (pure)
-    etcd.py      the store: etcd v3 over its JSON gateway (httpx on the event loop)
+    etcd.py      the store: etcd v3 over its JSON gateway (aiohttp on the event loop)
 """

@@ -17,8 +17,18 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# etcd for the cluster tests: Debian's etcd-server unpacked into .venv/etcd, not installed, so
-# no etcd service is started or left enabled on this machine. Tests run their own members.
+PY=${PYTHON:-python3}
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  rm -rf .venv  # absent, or left half-made by an interrupted run
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
+.venv/bin/python -c 'import lbd, uvloop, pyroute2, yaml, structlog, prometheus_client, aiohttp, pytest, hypothesis, scapy' \
+  || { echo "setup: the venv is incomplete" >&2; exit 1; }
+
+# etcd for the cluster tests: Debian's etcd-server unpacked into .venv/etcd (after the venv, which
+# a fresh setup recreates), not installed, so no etcd service is started or left enabled on this
+# machine. Tests run their own members.
 if [ ! -x .venv/etcd/usr/bin/etcd ]; then
   tmp=$(mktemp -d)
   (cd "$tmp" && apt-get download -qq etcd-server >/dev/null 2>&1) \
@@ -27,12 +37,3 @@ if [ ! -x .venv/etcd/usr/bin/etcd ]; then
   dpkg-deb -x "$tmp"/etcd-server_*.deb .venv/etcd
   rm -rf "$tmp"
 fi
-
-PY=${PYTHON:-python3}
-if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
-  rm -rf .venv  # absent, or left half-made by an interrupted run
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
-.venv/bin/python -c 'import lbd, uvloop, pyroute2, yaml, structlog, prometheus_client, pytest, hypothesis, scapy' \
-  || { echo "setup: the venv is incomplete" >&2; exit 1; }

@@ -108,6 +108,8 @@ class NodeOwnership:
         self.answering: set[str] = set()
         self.claiming: set[str] = set()
         self.free_since: dict[str, float] = {}  # VIPs seen without an owner, since when
+        # Per VIP, the newest change of its key the watch reported: (store revision, owner).
+        self.key_seen: dict[str, tuple[int, str | None]] = {}
         # VIPs whose key was deleted while its owner's lease lived (an operator, not an expiry):
         # that owner may answer until it sees the deletion, so nobody claims before this time.
         self.hold_until: dict[str, float] = {}
@@ -193,18 +195,24 @@ class NodeOwnership:
             del self.hold_until[vip]
         return actions
 
-    def claimed(self, vip: str, won: bool, lease: int, now: float) -> list[Action]:
-        """A claim's answer. Won: the key is ours until the lease expires, but answering only
-        starts if the deadline has not passed meanwhile."""
+    def claimed(self, vip: str, won: bool, lease: int, now: float, revision: int = 0) -> list[Action]:
+        """A claim's answer (`revision`: the store's, when the key was created). Won: the key is
+        ours until the lease expires, but answering only starts if the deadline has not passed
+        meanwhile, and if the watch has not already reported a later change of the key (deleted
+        or taken while the answer was on its way)."""
         self.claiming.discard(vip)
         if not won:
+            return []
+        seen_revision, seen_owner = self.key_seen.get(vip, (0, None))
+        if revision and seen_revision > revision and seen_owner != self.node:
             return []
         if lease != self.lease or now >= self.deadline:
             return [Release(vip)] if lease == self.lease else []
         self.answering.add(vip)
         return [Bind(vip, self.deadline)]
 
-    def owner_seen(self, vip: str, owner: str | None, *, hold_until: float | None = None) -> list[Action]:
+    def owner_seen(self, vip: str, owner: str | None, *, hold_until: float | None = None,
+                   revision: int = 0) -> list[Action]:
         """The store's watch says who owns `vip` now; our key gone or another's: drop at once.
 
         `hold_until`: the key was deleted while its owner's lease was still alive (not by an
@@ -212,6 +220,8 @@ class NodeOwnership:
         it sees the deletion (within the watch's delay) or its deadline passes (within one
         TTL, if it is frozen): the shell passes now + TTL, and no claim is made before.
         """
+        if revision:
+            self.key_seen[vip] = max(self.key_seen.get(vip, (0, None)), (revision, owner), key=lambda r: r[0])
         if owner is None:
             self.free_since.pop(vip, None)  # start the grace from when `want` next sees it free
             if hold_until is not None:

@@ -7,15 +7,16 @@ skipped, except under CI (LBD_REQUIRE_INTEGRATION=1), where a missing etcd fails
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+import urllib.request
 from pathlib import Path
 
-import urllib.request
 import pytest
 
 from lbd.cluster.etcd import Compacted, EtcdClient, Unavailable, WatchEvent, prefix_end
@@ -34,18 +35,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def etcd_member(data: Path, *extra: str) -> Iterator[str]:
+    """A one-member etcd on loopback ports of its own; its URL while it runs."""
     if not Path(ETCD).exists():
         if os.environ.get("LBD_REQUIRE_INTEGRATION") == "1":
             pytest.fail("etcd is not installed (scripts/setup.sh installs etcd-server)")
         pytest.skip("etcd is not installed (scripts/setup.sh installs etcd-server)")
-    data = tmp_path_factory.mktemp("etcd")
     client, peer = free_port(), free_port()
     url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
     proc = subprocess.Popen(
         [ETCD, "--name", "t", "--data-dir", str(data / "d"), "--listen-client-urls", url, "--advertise-client-urls", url,
-         "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"t={peer_url}"],
+         "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"t={peer_url}",
+         *extra],
         stdout=subprocess.DEVNULL, stderr=open(data / "etcd.log", "wb"), start_new_session=True,
     )
     try:
@@ -64,6 +66,12 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with etcd_member(tmp_path_factory.mktemp("etcd")) as url:
+        yield url
 
 
 def test_prefix_end() -> None:

@@ -159,6 +159,10 @@ class EtcdClient:
 
     async def create(self, key: bytes, value: bytes, lease: int = 0) -> bool:
         """Put `key` only if it does not exist (create_revision == 0); True if this call made it."""
+        return (await self.claim(key, value, lease))[0]
+
+    async def claim(self, key: bytes, value: bytes, lease: int = 0) -> tuple[bool, int]:
+        """`create`, with the store's revision after it (the key's create revision if it won)."""
         put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:
             put["lease"] = lease
@@ -166,7 +170,7 @@ class EtcdClient:
             "compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}],
             "success": [{"request_put": put}],
         })
-        return bool(data.get("succeeded"))
+        return bool(data.get("succeeded")), int(data["header"]["revision"])
 
     async def delete_if(self, key: bytes, value: bytes) -> bool:
         """Delete `key` only if it still holds `value` (a node releases only its own claim)."""

@@ -17,6 +17,10 @@ expire at the same deadline: `Fence.until`.
 Assumed of the shell: the watch delivers a deletion within a TTL (a watch without progress for
 that long counts as a lost lease), and a key deleted while its owner's lease lives (an operator,
 not an expiry) is held back for one TTL before anyone claims it (`owner_seen(hold_until=)`).
+Not covered yet: a claim already in flight when an operator deletes a live owner's key can win
+before that owner sees the deletion; both then answer for up to the watch's delay. Closing it
+needs the claim to prove the previous owner is gone (releases written as tombstones, or the
+previous lease checked), which the store's shell will do.
 
 `NodeOwnership` takes events with the time they happened (the caller's monotonic clock, never
 read here) and returns actions for the I/O shell to carry out: claim or release a key, bind or

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lbd.cluster.etcd import Compacted, EtcdClient, Unavailable, WatchEvent, prefix_end
+from lbd.lab.backend import die_with_parent
 from lbd.loop import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,7 @@ def etcd_member(data: Path, *extra: str) -> Iterator[str]:
          "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"t={peer_url}",
          *extra],
         stdout=subprocess.DEVNULL, stderr=open(data / "etcd.log", "wb"), start_new_session=True,
+        preexec_fn=die_with_parent,  # a test run killed hard leaves no etcd behind
     )
     try:
         deadline = time.monotonic() + 20

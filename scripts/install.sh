@@ -7,7 +7,8 @@
 #   /etc/sysctl.d/60-lbd.conf     arp_ignore/arp_announce for every interface, applied now
 #   /etc/lbd/lbd.yaml             config/example.yaml, only if there is no config yet
 # Idempotent: a second run changes nothing; after a `git pull` it installs the new lbd. It never
-# starts or restarts lbd: edit the config first (the example announces 192.168.1.240-250 on eth0).
+# starts or restarts lbd: edit the config first (the example announces 198.18.100.240-250 on eth0:
+# a benchmarking range, RFC 2544, that no real network routes; put your own pool there).
 #
 #   bash scripts/install.sh              # this machine
 #   bash scripts/install.sh --root DIR   # into a staging tree (an image, a package, a test); nothing

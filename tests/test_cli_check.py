@@ -22,7 +22,7 @@ def test_check_example_prints_table(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     header = out.stdout.splitlines()[0].split()
     assert header[:3] == ["NAME", "TYPE", "EXTERNAL-IP"]
-    assert "nginx-demo" in out.stdout and "192.168.1.24" in out.stdout
+    assert "nginx-demo" in out.stdout and "198.18.100.24" in out.stdout
 
 
 def test_check_manifest_directory(tmp_path: Path) -> None:

@@ -365,7 +365,7 @@ def test_shipped_example_loads_cleanly():
     assert loaded.warnings == ()
     model = loaded.model
     assert model.interfaces == ("eth0",)
-    assert model.pools == (Pool("default", (AddressRange(ip("192.168.1.240"), ip("192.168.1.250")),)),)
+    assert model.pools == (Pool("default", (AddressRange(ip("198.18.100.240"), ip("198.18.100.250")),)),)
     nginx = model.service("default/nginx-demo")
     assert nginx is not None and nginx.exposed
     assert nginx.ports == (ServicePort("http", 80, 80, Protocol.TCP),)

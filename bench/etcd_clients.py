@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -94,7 +95,7 @@ def child(which: str, url: str, port: int, n: int) -> None:
     before = rss_kib()
     out = asyncio.run(gateway(url, n) if which == "gateway" else aetcd_client(port, n))
     out["RSS added MiB"] = (rss_kib() - before) / 1024
-    print(repr(out))
+    print(json.dumps(out))
 
 
 def main() -> None:
@@ -123,7 +124,7 @@ def main() -> None:
             if out.returncode != 0:
                 print(f"{which}: failed: {out.stderr[-500:]}", file=sys.stderr)
                 continue
-            results[which] = eval(out.stdout.strip().splitlines()[-1])  # our own child's repr
+            results[which] = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         etcd.kill()
         etcd.wait(10)

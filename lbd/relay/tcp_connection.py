@@ -31,6 +31,9 @@ What a short connection costs, and why (each was measured against HAProxy, same 
   (EPOLLRDHUP: the FIN is queued after every byte, so a short read reached it);
 - the client socket stays blocking for the kernel (O_NONBLOCK would cost two fcntl): every read
   and write on it passes MSG_DONTWAIT instead (the endpoint socket is born non-blocking);
+- one Python object per connection: the two directions are written out as mirror images
+  (`_up`, `_down`) rather than as a per-direction object (the splice pump's `_Flow` has one),
+  which would be two more objects per connection and an indirection on every read;
 - one shared 256 KiB read buffer for every relay of the loop, written on with one
   `send(memoryview)`: no allocation per message unless the destination is full;
 - SO_KEEPALIVE on the endpoint socket comes from the housekeeping scan once the relay lived

@@ -254,3 +254,40 @@ def test_crash_leftovers_are_reconciled_on_start(node: LbdNode) -> None:
     assert any(e.get("event") == "stale_vip_removed" for e in node.events())
     assert curl(lab, f"http://{first['web']}/") in lab.backends
     assert node.stop() == 0
+
+
+def test_local_service_without_a_ready_local_endpoint_is_not_announced(node: LbdNode) -> None:
+    lab = node.lab
+    backends = lab.backends
+
+    def local(*on_node: str) -> str:
+        endpoints = ", ".join(f'{{address: "{lab.ip(b)}", nodeName: {n}}}' for b, n in zip(backends, on_node))
+        return f"""
+interfaces: [eth0]
+pools: [{{name: v4, addresses: ["{lab.vip_range(4)[0]}-{lab.vip_range(4)[1]}"]}}]
+services:
+  - name: local
+    externalTrafficPolicy: Local
+    ports: [{{name: http, port: 80, targetPort: {HTTP}}}]
+    endpoints: [{endpoints}]
+"""
+
+    node.config.write_text(local("elsewhere", "elsewhere"))
+    node.start()
+    (row,) = node.services()
+    # Not bound, so nobody answers ARP for it: no black hole that accepts and resets.
+    assert row["state"] == "Standby" and row["node"] is None
+    assert "no ready endpoint on this node" in row["reason"]
+    assert row["externalIP"] not in node_addresses(lab)
+    assert not reachable(lab, row["externalIP"], 80)
+    # A ready endpoint here: announced and served, by this node.
+    node.config.write_text(local("elsewhere", "node"))
+    node.reload()
+    deadline = time.monotonic() + 10
+    while node.services()[0]["state"] != "Serving" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (row,) = node.services()
+    assert row["state"] == "Serving" and row["node"] == "node"
+    assert row["externalIP"] in node_addresses(lab)
+    assert curl(lab, f"http://{row['externalIP']}/") == backends[1]
+    assert node.stop() == 0

@@ -176,7 +176,7 @@ class Daemon:
             node=options.node_name,
             relay=RelayOptions(connect_timeout=options.connect_timeout, socket_buffer=options.socket_buffer or None),
             store=store or FileAssignmentStore(options.state_dir, reset=options.reset_state),
-            gate=gate or SingleNodeGate(),
+            gate=gate or SingleNodeGate(options.node_name),
             vips=self.vips,
             listeners=self.listeners,
             health=self.health,

@@ -46,6 +46,7 @@ class ServiceCondition:
     reason: str | None = None
     ip: IPAddress | None = None
     unserved_ports: tuple[str, ...] = ()  # "53/UDP": protocols this build does not relay
+    node: str | None = None  # the node holding the VIP (Serving: this one; Standby: a peer or none)
 
 
 def condition_of(
@@ -67,9 +68,10 @@ def condition_of(
     if relayable is None:
         return ServiceCondition(ServiceState.ALLOCATED, None, assignment.ip)
     unserved = tuple(f"{p.port}/{p.protocol}" for p in service.ports if p.protocol not in relayable)
+    node = ownership.node if ownership is not None else None
     if ownership is not None and not ownership.owner:
-        return ServiceCondition(ServiceState.STANDBY, str(ownership.reason), assignment.ip, unserved)
-    return ServiceCondition(ServiceState.SERVING, None, assignment.ip, unserved)
+        return ServiceCondition(ServiceState.STANDBY, ownership.reason.text, assignment.ip, unserved, node)
+    return ServiceCondition(ServiceState.SERVING, None, assignment.ip, unserved, node)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,8 @@ def service_status(
         "reason": condition.reason,
         "externalIP": str(shown_ip) if shown_ip is not None else None,
         "pool": assignment.pool if assignment else None,
+        # The node holding the VIP (MetalLB's nodeAssigned); None when nobody does or nothing runs.
+        "node": condition.node,
         "pending_reason": condition.reason if condition.state in (ServiceState.PENDING, ServiceState.FAILED) else None,
         "note": condition.reason if condition.state is ServiceState.NOT_EXPOSED else None,
         "sessionAffinity": str(service.session_affinity),

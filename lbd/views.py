@@ -85,6 +85,8 @@ def services_table(rows: Sequence[Row], now: float, *, wide: bool = False, notes
     show_age = any(r.get("creationTimestamp") for r in rows)  # `lbd check` runs nothing: no AGE
     header = (["NAMESPACE"] if show_ns else []) + ["NAME", "TYPE", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS"]
     header += ["AGE"] if show_age else []
+    show_node = any(r.get("node") for r in rows)  # the running daemon: who holds each VIP
+    header += ["NODE"] if show_node else []
     if wide:
         header += ["AFFINITY", "POLICY", "POOL"]
     lines = []
@@ -92,6 +94,7 @@ def services_table(rows: Sequence[Row], now: float, *, wide: bool = False, notes
         line = [r["namespace"]] if show_ns else []
         line += [r["name"], r["type"], external_ip_cell(r), ports_cell(r), ready_cell(r)]
         line += [since(r.get("creationTimestamp"), now)] if show_age else []
+        line += [r.get("node") or "<none>"] if show_node else []
         if wide:
             line += [r["sessionAffinity"], r["externalTrafficPolicy"], r.get("pool") or "<none>"]
         lines.append(line)
@@ -110,6 +113,8 @@ def service_notes(rows: Sequence[Row]) -> list[str]:
             out.append(f"{key}: <pending>: {r['pending_reason']}")
         elif r["note"]:
             out.append(f"{key}: {r['note']}")
+        elif r.get("state") == "Standby" and r.get("reason"):
+            out.append(f"{key}: {r['reason']}")
         elif not r["endpoints"] and r.get("state") in ("Serving", "Allocated"):
             out.append(f"{key}: 0/0: {NO_ENDPOINTS}")
         elif r.get("state") == "Serving" and not all(p.get("served", True) for p in r["ports"]):

@@ -30,11 +30,13 @@ def test_every_view_in_every_format(daemon_factory, backends) -> None:
     d = daemon_factory(config_for(backends, free_port()))
     d.start()
     table = lbd(d, "get", "svc").stdout.splitlines()
-    assert table[0].split() == ["NAME", "TYPE", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS", "AGE"]
+    assert table[0].split() == ["NAME", "TYPE", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS", "AGE", "NODE"]
     assert table[1].split()[:5] == ["web", "LoadBalancer", "127.0.0.240", table[1].split()[3], "3/3"]
+    assert table[1].split()[-1] == socket.gethostname()  # the node holding the VIP: this one
     assert lbd(d, "get", "services", "-o", "wide").stdout.splitlines()[0].split()[-3:] == ["AFFINITY", "POLICY", "POOL"]
     rows = json.loads(lbd(d, "get", "services", "-o", "json").stdout)
     assert {"name", "namespace", "externalIP", "pending_reason", "ports", "endpoints"} <= rows[0].keys()
+    assert rows[0]["node"] == socket.gethostname()
     assert {"address", "port", "ready"} <= rows[0]["endpoints"][0].keys()
     assert yaml.safe_load(lbd(d, "get", "svc", "-o", "yaml").stdout) == rows
     for name in ("web", "default/web"):

@@ -51,7 +51,7 @@ class DenyGate:
 
 def wanted(
     *services: Service,
-    gate: object = SingleNodeGate(),
+    gate: object = SingleNodeGate("node-a"),
     blocked: Mapping[str, str] | None = None,
     protocols: tuple[Protocol, ...] = (Protocol.TCP,),
     previous: Desired | None = None,

@@ -8,6 +8,7 @@ go through the reconciler like every other change.
     GET  /v1/endpoints[?service=NS/NAME]   one row per endpoint and its readiness
     GET  /v1/pools                         pools, their addresses and how many are in use
     GET  /v1/events[?service=NS/NAME]      recent events, oldest first
+    GET  /v1/nodes                         cluster members, lease TTLs and the VIPs each holds
     POST /v1/reload[?allow_empty=true]     re-read the config; the answer says what changed
     POST /v1/drain?service=S&endpoint=A    no new connections or flows to A; `undrain` ends it
 """
@@ -120,6 +121,9 @@ def routes(daemon: Daemon) -> dict[tuple[str, str], Handler]:
         key = find_service(daemon, name).key if name else None
         return [e.as_dict() for e in daemon.events.recent(key, limit=1000)]
 
+    async def get_nodes(request: Request) -> list[dict[str, Any]]:
+        return daemon.cluster.members() if daemon.cluster is not None else []
+
     async def post_reload(request: Request) -> dict[str, Any]:
         allow_empty = request.param("allow_empty", "false") in ("1", "true", "yes")
         return (await daemon.reload(allow_empty=allow_empty)).as_dict()
@@ -137,6 +141,7 @@ def routes(daemon: Daemon) -> dict[tuple[str, str], Handler]:
         ("GET", "/v1/endpoints"): get_endpoints,
         ("GET", "/v1/pools"): get_pools,
         ("GET", "/v1/events"): get_events,
+        ("GET", "/v1/nodes"): get_nodes,
         ("POST", "/v1/reload"): post_reload,
         ("POST", "/v1/drain"): post_drain,
         ("POST", "/v1/undrain"): post_undrain,

@@ -69,6 +69,29 @@ def _workers(value: str) -> int:
     return number
 
 
+def _endpoints(value: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise argparse.ArgumentTypeError(f"{url}: an etcd endpoint is a URL, e.g. http://198.18.0.10:2379")
+    if not urls:
+        raise argparse.ArgumentTypeError("no etcd endpoint given")
+    return urls
+
+
+def _prefix(value: str) -> str:
+    if not value.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{value}: an etcd key prefix starts with /")
+    return value if value.endswith("/") else value + "/"
+
+
+def _lease_ttl(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 300:
+        raise argparse.ArgumentTypeError(f"{value} must be 1-300 seconds")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lbd", description="L4 load balancer daemon: MetalLB-style VIPs, kube-proxy-style relay")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reset-state", action="store_true", default=default("reset_state"),
                      help="when no generation of the VIP state is readable, set it aside and assign VIPs afresh "
                           "(without it, lbd assigns no new VIP then); ignored while the state is readable")
+
+    run.add_argument("--etcd-endpoints", type=_endpoints, default=default("etcd_endpoints"), metavar="URL[,URL...]",
+                     help="cluster mode: nodes agree on VIP owners through this etcd (http://HOST:2379,...); "
+                          "without it lbd is a single node that holds every VIP it serves")
+    run.add_argument("--etcd-prefix", type=_prefix, default=default("etcd_prefix"),
+                     help="keys under this prefix (default %(default)s); one cluster per prefix")
+    run.add_argument("--lease-ttl", type=_lease_ttl, default=default("lease_ttl"), metavar="SECONDS",
+                     help="this node's etcd lease (default %(default)s): a crashed owner's VIPs move after it runs out")
 
     check = sub.add_parser("check", help="validate the config and show what each service would get")
     _add_config(check)
@@ -214,6 +245,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         socket_buffer=args.socket_buffer,
         workers=args.workers,
         log_format=args.log_format,
+        etcd_endpoints=args.etcd_endpoints,
+        etcd_prefix=args.etcd_prefix,
+        lease_ttl=args.lease_ttl,
     )
     return run(run_daemon(options))
 

@@ -1,7 +1,7 @@
 """`lbd get | describe | drain | undrain`: kubectl's habits over the admin socket.
 
     lbd get services|svc [NAME] [-n NS] [-o wide|json|yaml]
-    lbd get endpoints|ep [SERVICE]      lbd get pools      lbd get events [SERVICE]
+    lbd get endpoints|ep [SERVICE]      lbd get pools      lbd get events [SERVICE]      lbd get nodes
     lbd describe service|svc NAME [-n NS]
     lbd drain endpoint SERVICE ADDRESS[:PORT]      lbd undrain endpoint SERVICE ADDRESS[:PORT]
 
@@ -26,6 +26,7 @@ RESOURCES = {  # kubectl's names and short names -> ours
     "endpoints": "endpoints", "endpoint": "endpoints", "ep": "endpoints",
     "pools": "pools", "pool": "pools", "ipaddresspools": "pools", "ipaddresspool": "pools",
     "events": "events", "event": "events", "ev": "events",
+    "nodes": "nodes", "node": "nodes", "no": "nodes",
 }
 
 
@@ -33,7 +34,7 @@ def add_commands(sub: Any) -> None:
     """The parsers of get, describe, drain and undrain."""
     get = sub.add_parser("get", help="show what the running daemon serves: services, endpoints, pools, events")
     get.add_argument("resource", choices=sorted(RESOURCES), metavar="RESOURCE",
-                     help="services (svc), endpoints (ep), pools, events (ev)")
+                     help="services (svc), endpoints (ep), pools, events (ev), nodes (no: cluster members)")
     get.add_argument("name", nargs="?", help="one service (NAME or NAMESPACE/NAME); for endpoints and events: "
                                              "the service whose endpoints or events to show")
     _common(get)
@@ -106,6 +107,9 @@ def cmd_get(args: argparse.Namespace) -> int:
     elif resource == "pools":
         rows = ask(args, "GET", "/v1/pools")
         text = views.pools_table(rows, wide=wide)
+    elif resource == "nodes":
+        rows = ask(args, "GET", "/v1/nodes")
+        text = views.nodes_table(rows, wide=wide)
     else:
         rows = ask(args, "GET", "/v1/events", service=name)
         text = views.events_table(rows, now)

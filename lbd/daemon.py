@@ -35,6 +35,7 @@ from lbd import api, config, metrics, preflight
 from lbd import log as lbd_log
 from lbd.admin import AdminServer
 from lbd.assignments import AssignmentStore, FileAssignmentStore
+from lbd.cluster.node import ClusterNode
 from lbd.config import Attempt
 from lbd.config_process import attempt_in_child
 from lbd.errors import CannotStart
@@ -43,6 +44,7 @@ from lbd.health.checker import HealthChecker
 from lbd.limits import LOW_CONNECTIONS, raise_nofile
 from lbd.listeners import DataPlane, Listeners
 from lbd.model import IPAddress, Model
+from lbd.net.fence import remove_leftover
 from lbd.net.presence import L2Presence, Presence
 from lbd.options import DaemonOptions
 from lbd.ownership import OwnershipGate, SingleNodeGate
@@ -165,6 +167,12 @@ class Daemon:
         self.health = HealthChecker()
         self.events = EventLog()
         self.workers: WorkerPool | None = None
+        self.cluster: ClusterNode | None = None
+        if options.etcd_endpoints:  # cluster mode: etcd decides which node holds each VIP
+            self.cluster = ClusterNode(options.node_name, list(options.etcd_endpoints), prefix=options.etcd_prefix,
+                                       lease_ttl=options.lease_ttl, on_change=lambda: self.reconciler.mark_dirty(),
+                                       events=self.events)
+            gate = gate or self.cluster.gate
         self.listeners: DataPlane
         if options.workers > 1:  # the data plane in N processes; this one keeps the control plane
             self.workers = WorkerPool(options.workers, options.drain_timeout, health=self.health,
@@ -202,6 +210,8 @@ class Daemon:
             admin = AdminServer(self.options.admin_socket, api.routes(self))
             parts.append(Component("admin", admin.start, admin.close))
         parts.append(Component("health", self.health.start, self.health.stop))
+        if self.cluster is not None:  # before the data plane: its first pass needs the owners
+            parts.append(Component("cluster", self.cluster.start, self.cluster.close))
         if self.workers is not None:
             parts.append(Component("workers", self.workers.start, self.workers.stop))
         parts.append(Component("dataplane", lambda: self._start_dataplane(model), self._stop_dataplane))
@@ -242,6 +252,8 @@ class Daemon:
     async def _stop_dataplane(self) -> None:
         """Stop accepting, withdraw, drain (until the timeout or a forced stop), release VIPs."""
         await self.reconciler.stop()
+        if self.cluster is not None:  # hand over first: the next owners answer while this one drains
+            await self.cluster.handover()
         self.listeners.stop_accepting()
         await self.vips.withdraw_all()
         drain = asyncio.ensure_future(self.listeners.drain_all(self.options.drain_timeout))
@@ -273,6 +285,8 @@ class Daemon:
         while True:
             await asyncio.sleep(period)
             self.notifier.watchdog()  # from the loop itself: a wedged loop stops the pings
+            if self.cluster is not None:
+                self.cluster.refresh_owner_metric()
             if (now_status := self.summary()) != status:
                 status = now_status
                 self.notifier.status(status)
@@ -412,6 +426,10 @@ async def run_daemon(options: DaemonOptions) -> int:
     )
     daemon = Daemon(options, presence)
     presence.l2.on_conflict = daemon.vip_conflict
+    if daemon.cluster is not None:
+        presence.l2.may_announce = daemon.cluster.may_announce
+    else:
+        remove_leftover()  # a fence a cluster-mode run left would mute this node's VIPs
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[ReloadResult]] = set()

@@ -236,6 +236,32 @@ for _result in ("success", "failure"):  # both series from the start: rate() and
     config_reloads_total.labels(_result)
 
 
+# Cluster mode (lbd.cluster): VIP ownership under etcd leases.
+cluster_vip_transitions_total = Counter(
+    "lbd_cluster_vip_transitions_total",
+    "VIPs this node began or stopped answering for: acquired, released (handed over or not a candidate), "
+    "fenced (its lease deadline passed, the lease or the key was lost)",
+    ["event"], registry=REGISTRY,
+)
+cluster_failovers_total = Counter(
+    "lbd_cluster_failovers_total", "VIPs this node took over after their owner's key went", registry=REGISTRY,
+)
+cluster_last_failover_seconds = Gauge(
+    "lbd_cluster_last_failover_seconds",
+    "The last takeover: seconds from seeing the previous owner's key deleted to answering here",
+    registry=REGISTRY,
+)
+cluster_vip_owner = Gauge(
+    "lbd_cluster_vip_owner", "1 per VIP and the node that holds it, as this node sees etcd", ["ip", "node"],
+    registry=REGISTRY,
+)
+cluster_members = Gauge("lbd_cluster_members", "Nodes with a live lease and a membership record", registry=REGISTRY)
+cluster_lease_ttl_seconds = Gauge(
+    "lbd_cluster_lease_ttl_seconds", "This node's lease TTL as etcd granted it (0: no lease now)", registry=REGISTRY,
+)
+for _event in ("acquired", "released", "fenced"):
+    cluster_vip_transitions_total.labels(_event)
+
 TCP_ENDPOINT_METRICS = (endpoint_connections_active, endpoint_connections_total, endpoint_bytes_total)
 UDP_ENDPOINT_METRICS = (endpoint_udp_flows_active, endpoint_udp_flows_total, endpoint_udp_bytes_total)
 LISTENER_METRICS = (connections_total, connections_active, connect_failures_total, no_endpoint_resets_total,

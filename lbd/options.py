@@ -41,6 +41,9 @@ class DaemonOptions:
     socket_buffer: int = DEFAULT_SOCKET_BUFFER  # bytes per relayed socket and direction; 0 = autotuning
     workers: int = 1  # data-plane processes; 1 relays in the daemon's own process (lbd.workers)
     log_format: str = "auto"  # json, console or auto (lbd.log); workers log as this process does
+    etcd_endpoints: tuple[str, ...] = ()  # cluster mode (lbd.cluster) when set
+    etcd_prefix: str = "/lbd/"
+    lease_ttl: int = 2  # seconds asked for; etcd may grant more (1.5 x its election timeout at least)
 
 
 def default(name: str) -> Any:

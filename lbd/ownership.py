@@ -33,6 +33,9 @@ class OwnershipReason(StrEnum):
 
     SINGLE_NODE = "SingleNode"  # the only node: it owns every VIP it serves
     NO_LOCAL_ENDPOINT = "NoLocalEndpoint"  # externalTrafficPolicy Local, no ready endpoint here
+    LEASE_HOLDER = "LeaseHolder"  # cluster: this node's key for the VIP, under its live lease
+    OWNED_BY_PEER = "OwnedByPeer"  # cluster: another node holds it
+    NO_OWNER = "NoOwner"  # cluster: nobody holds it yet (a claim is on its way, or a grace runs)
 
     @property
     def text(self) -> str:
@@ -42,6 +45,8 @@ class OwnershipReason(StrEnum):
 _REASON_TEXT = {
     OwnershipReason.NO_LOCAL_ENDPOINT:
         "not announced: no ready endpoint on this node (externalTrafficPolicy Local)",
+    OwnershipReason.OWNED_BY_PEER: "standby: another node holds the VIP (see NODE)",
+    OwnershipReason.NO_OWNER: "standby: no node holds the VIP yet (a claim or a failover is under way)",
 }
 
 
@@ -59,6 +64,10 @@ class OwnershipGate(Protocol):
 
     def decide(self, vip: IPAddress, services: Sequence[Service], readiness: Readiness) -> Ownership:
         """`services` are the ones served on `vip`; `readiness` covers at least them."""
+        ...
+
+    def decided(self) -> None:
+        """Every VIP of one pass was asked about (a cluster gate publishes its candidacy)."""
         ...
 
 
@@ -82,3 +91,6 @@ class SingleNodeGate:
 
     def decide(self, vip: IPAddress, services: Sequence[Service], readiness: Readiness) -> Ownership:
         return self._no_local if no_local_endpoint(services, readiness) else self._owned
+
+    def decided(self) -> None:
+        pass

@@ -366,6 +366,7 @@ class Reconciler:
         for ip, services in on_ip.items():
             decided[ip] = self.gate.decide(ip, services, readiness)
             await slicer.due()
+        self.gate.decided()
         return decided
 
     async def _desire(self, model: Model, allocation: Allocation, readiness: Readiness) -> Desired:

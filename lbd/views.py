@@ -181,6 +181,20 @@ def pools_table(rows: Sequence[Row], *, wide: bool = False) -> str:
     return "\n".join(columns(header, lines))
 
 
+def nodes_table(rows: Sequence[Row], *, wide: bool = False) -> str:
+    """NAME LEASE-TTL CANDIDATE-FOR VIPS (wide: every VIP held); the node answering marked `*`."""
+    header = ["NAME", "LEASE-TTL", "CANDIDATE-FOR", "VIPS"]
+    lines = []
+    for n in rows:
+        ttl = f"{n['leaseTTL']}s" if n.get("leaseTTL") is not None else "<none>"
+        held = ",".join(n["vips"]) if wide else str(len(n["vips"]))
+        lines.append([n["name"] + (" *" if n.get("self") else ""), ttl, str(n["candidateFor"]), held or "-"])
+    out = columns(header, lines)
+    if not rows:
+        out.append("(single node: started without --etcd-endpoints)")
+    return "\n".join(out)
+
+
 def event_object(event: Row) -> str:
     if not event["service"]:
         return "lbd"

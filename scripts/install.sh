@@ -64,7 +64,7 @@ put() {
 # 1. What the venv needs on this machine (staging uses the build host's python as it is).
 if [ -z "$root" ]; then
   missing=()
-  for p in python3 python3-venv; do
+  for p in python3 python3-venv nftables; do  # nftables: the cluster-mode ARP fence
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if ((${#missing[@]})); then

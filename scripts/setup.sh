@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # python3-setuptools and python3-wheel: the staged-install test builds lbd with them, offline.
-packages=(python3 python3-venv iproute2 curl netcat-openbsd procps python3-setuptools python3-wheel)
+# nftables: libnftables, the kernel fence of cluster mode (lbd.net.fence).
+packages=(python3 python3-venv iproute2 curl netcat-openbsd procps python3-setuptools python3-wheel nftables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

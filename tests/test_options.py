@@ -6,6 +6,8 @@ import configparser
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
+
 from lbd.cli import build_parser
 from lbd.options import DEFAULT_ADMIN_SOCKET, DEFAULT_STATE_DIR, DaemonOptions, parse_host_port, stop_timeout
 
@@ -59,3 +61,14 @@ def test_config_paths_may_be_positional_for_run_and_check() -> None:
         args = parser.parse_args([command, "a.yaml", "--config", "b.yaml"])
         _config_paths(parser, args)
         assert args.config == ["b.yaml", "a.yaml"]
+
+
+def test_cluster_options() -> None:
+    args = build_parser().parse_args(["run", "--config", "lbd.yaml", "--etcd-endpoints",
+                                      "http://198.18.0.10:2379, http://198.18.0.11:2379", "--etcd-prefix", "/mine",
+                                      "--lease-ttl", "1"])
+    assert args.etcd_endpoints == ("http://198.18.0.10:2379", "http://198.18.0.11:2379")
+    assert args.etcd_prefix == "/mine/" and args.lease_ttl == 1
+    for bad in (["--etcd-endpoints", "198.18.0.10:2379"], ["--etcd-prefix", "lbd"], ["--lease-ttl", "0"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["run", "--config", "lbd.yaml", *bad])

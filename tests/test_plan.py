@@ -48,6 +48,9 @@ class DenyGate:
     def decide(self, vip: IPAddress, services: Sequence[Service], readiness: Readiness) -> Ownership:
         return Ownership(False, OwnershipReason.SINGLE_NODE)
 
+    def decided(self) -> None:
+        pass
+
 
 def wanted(
     *services: Service,

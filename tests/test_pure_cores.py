@@ -17,6 +17,8 @@ PURE = [
     "balancer.py",
     "readiness.py",
     "ownership.py",
+    "cluster/fencing.py",
+    "cluster/gate.py",
     "plan.py",
     "status.py",
     "views.py",

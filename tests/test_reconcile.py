@@ -72,6 +72,9 @@ class SwitchGate:
     def decide(self, vip: IPAddress, services: Sequence[Service], readiness: Readiness) -> Ownership:
         return Ownership(self.owner, OwnershipReason.SINGLE_NODE)
 
+    def decided(self) -> None:
+        pass
+
 
 def service(name: str, port: int, **kwargs: object) -> Service:
     return Service(

@@ -180,8 +180,21 @@ class EtcdClient:
         })
         return bool(data.get("succeeded"))
 
-    async def put(self, key: bytes, value: bytes) -> int:
-        data = await self._call("/kv/put", {"key": _b64(key), "value": _b64(value)})
+    async def release(self, key: bytes, value: bytes, marker: bytes, lease: int) -> bool:
+        """Delete `key` if it still holds `value`, and in the same revision put `marker` (on
+        `lease`): watchers tell a voluntary release from an operator's delete by the marker."""
+        data = await self._call("/kv/txn", {
+            "compare": [{"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}],
+            "success": [{"request_delete_range": {"key": _b64(key)}},
+                        {"request_put": {"key": _b64(marker), "value": _b64(value), "lease": lease}}],
+        })
+        return bool(data.get("succeeded"))
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = lease
+        data = await self._call("/kv/put", body)
         return int(data["header"]["revision"])
 
     async def range(self, prefix: bytes) -> tuple[int, list[KeyValue]]:

@@ -1,12 +1,23 @@
 """One node's membership in the cluster, on the event loop: its lease, the VIP keys, the fencing core.
 
 The I/O shell around lbd.cluster.fencing.NodeOwnership (which decides) and
-lbd.cluster.etcd.EtcdClient (which talks). Three loops:
-- the lease: granted (retried until etcd answers), kept alive every TTL/4, each answer moving
-  the deadline; an error or a lost lease drops every VIP at once, then a new lease is asked for;
-- the watch on `{prefix}owners/`: who owns what, resumed from the last revision + 1, read again
+lbd.cluster.etcd.EtcdClient (which talks). Keys under the prefix (default `/lbd/`):
+- `nodes/NODE`: a member and the VIPs it is a candidate for (JSON), on its lease: a node that
+  dies leaves the membership when its lease expires, one that stops gracefully at once. It is
+  written only when the candidacy changes, so etcd's load grows with nodes, not VIPs;
+- `owners/VIP`: the owner's node name, on its lease, created only if absent;
+- `released/VIP`: written in the same transaction that deletes an owner key a node gives up
+  while it lives on (a reload, readiness): the others need not hold back as they must for a
+  delete by an operator, so a handover takes one watch round-trip, not a TTL.
+Three loops:
+- the lease: granted (retried with backoff until etcd answers), kept alive every TTL/4, each
+  answer moving the deadline; an error or a lost lease drops every VIP at once, then a new
+  lease is asked for and the membership record written again;
+- the watch on the prefix: members and owners, resumed from the last revision + 1, read again
   in full after a compaction; a key deleted while its owner's lease lives is held back a TTL;
 - the clock: at the deadline every VIP is dropped, and claims wait out their grace.
+A VIP's candidates are the members whose record lists it; this node's own candidacy (`want`)
+counts at once, before its record round-trips.
 Claims and releases run as their own tasks. Bind, Fence and Unbind go to `on_actions` (the
 daemon's presence: address, gratuitous ARP, kernel fence).
 """
@@ -15,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from lbd.cluster.etcd import Compacted, EtcdClient, EtcdError
+from lbd.cluster.etcd import Compacted, EtcdClient, EtcdError, WatchEvent
 from lbd.cluster.fencing import (
     KEEPALIVES_PER_TTL,
     Action,
@@ -34,8 +48,28 @@ from lbd.cluster.fencing import (
 
 log = structlog.get_logger("lbd.cluster")
 
-RETRY_SECONDS = 0.2  # between failed grants and broken watches
+RETRY_SECONDS = 0.2  # between broken watches, and the first wait between failed grants
+MAX_BACKOFF = 5.0  # the longest wait between grants while etcd is unreachable
 DEFAULT_MARGIN = 0.2  # seconds below the TTL; see lbd.cluster.fencing
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A member as its `nodes/` key says: the VIPs it can serve now and its lease's TTL."""
+
+    vips: frozenset[str]
+    ttl: int
+
+    def encode(self) -> bytes:
+        return json.dumps({"vips": sorted(self.vips), "ttl": self.ttl}, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> NodeRecord:
+        try:
+            data = json.loads(raw)
+            return cls(frozenset(str(v) for v in data.get("vips", ())), int(data.get("ttl", 0)))
+        except (ValueError, TypeError, AttributeError):
+            return cls(frozenset(), 0)  # a record lbd did not write: a member with no candidacy
 
 
 class ClusterMember:
@@ -53,11 +87,21 @@ class ClusterMember:
         self.client = client
         self.node = node
         self.on_actions = on_actions
+        self.prefix = prefix
         self.owners_prefix = prefix + b"owners/"
+        self.nodes_prefix = prefix + b"nodes/"
+        self.released_prefix = prefix + b"released/"
+        self.freed_at: dict[str, float] = {}  # VIP -> when its owner key was last seen deleted
         self.requested_ttl = ttl
         self.core = NodeOwnership(node, margin=margin, claim_grace=ttl / 2 if claim_grace is None else claim_grace)
-        self.candidates: dict[str, Sequence[str]] = {}
+        self.candidacy: frozenset[str] = frozenset()  # the VIPs this node can serve now
+        self.nodes: dict[str, NodeRecord] = {}  # the members, as the store has them
         self.owners: dict[str, str | None] = {}
+        self.connected = False  # a lease is held and the keys were read
+        self._others: dict[str, list[str]] | None = None  # VIP -> other members listing it (cache)
+        self._record_lock = asyncio.Lock()
+        self._settle_until = float("inf")  # no claims before start() has read the members
+        self.on_seen: Callable[[], None] = lambda: None  # owners or members changed (the status shows them)
         self.loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
@@ -66,9 +110,23 @@ class ClusterMember:
     # ---- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Get a lease and the owners as they are; then keep both current in the background."""
+        """Get a lease and the keys as they are (waiting, with backoff, while etcd does not
+        answer); then keep both current in the background."""
         await self._grant()
-        revision = await self._resync()
+        delay = RETRY_SECONDS
+        while True:
+            try:
+                revision = await self._resync()
+                break
+            except EtcdError as exc:
+                log.warning("etcd_read_failed", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+        self.connected = True
+        # Claim nothing for a grace period: the other members' records arrive meanwhile, so a
+        # cold cluster spreads its VIPs by preference instead of the first node taking all.
+        self._settle_until = self.loop.time() + self.core.claim_grace
+        self._spawn(self._write_record())
         self._spawn(self._keepalive_loop())
         self._spawn(self._watch_loop(revision))
         self._spawn(self._clock_loop())
@@ -92,28 +150,70 @@ class ClusterMember:
             with contextlib.suppress(EtcdError):
                 await self.client.revoke(lease)
 
-    def want(self, candidates: Mapping[str, Sequence[str]]) -> None:
-        """The VIPs and, for each, the nodes that could serve it now (this one included or not)."""
-        self.candidates = dict(candidates)
+    def want(self, vips: Iterable[str]) -> None:
+        """The VIPs this node can serve now (listeners open, readiness allows): its candidacy."""
+        candidacy = frozenset(vips)
+        if candidacy != self.candidacy:
+            self.candidacy = candidacy
+            if self.connected:
+                self._spawn(self._write_record())
         self._decide()
 
     def answering(self) -> frozenset[str]:
         return frozenset(self.core.answering)
 
+    def is_answering(self, vip: str) -> bool:
+        return vip in self.core.answering
+
+    def owner_of(self, vip: str) -> str | None:
+        return self.owners.get(vip)
+
+    def candidates(self) -> dict[str, Sequence[str]]:
+        """VIP -> the members that can serve it now (this node by its own word, the others by
+        their records)."""
+        if self._others is None:
+            others: defaultdict[str, list[str]] = defaultdict(list)
+            for node, record in sorted(self.nodes.items()):
+                if node != self.node:
+                    for vip in record.vips:
+                        others[vip].append(node)
+            self._others = dict(others)
+        out: dict[str, Sequence[str]] = dict(self._others)
+        for vip in self.candidacy:
+            out[vip] = [*self._others.get(vip, ()), self.node]
+        return out
+
     # ---- the loops --------------------------------------------------------------------------------
 
     async def _grant(self) -> None:
+        delay = RETRY_SECONDS
         while not self._closing:
             sent = self.loop.time()
             try:
                 lease, ttl = await self.client.grant(self.requested_ttl)
             except EtcdError as exc:
-                log.warning("lease_grant_failed", error=str(exc))
-                await asyncio.sleep(RETRY_SECONDS)
+                log.warning("lease_grant_failed", error=str(exc), endpoints=self.client.endpoints, retry_in=delay,
+                            hint="etcd does not answer: no VIP is held until it does")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
                 continue
             self._execute(self.core.granted(lease, ttl, sent))
             log.info("lease_granted", lease=lease, ttl=ttl, requested=self.requested_ttl)
+            if self.connected:  # a new lease after a lost one: the old record went with it
+                self._spawn(self._write_record())
             return
+
+    async def _write_record(self) -> None:
+        """This node's membership record, on its lease (the newest candidacy when it runs)."""
+        async with self._record_lock:
+            lease = self.core.lease
+            if lease is None or self._closing:
+                return
+            record = NodeRecord(self.candidacy, int(self.core.ttl))
+            try:
+                await self.client.put(self.nodes_prefix + self.node.encode(), record.encode(), lease)
+            except EtcdError as exc:
+                log.warning("node_record_failed", error=str(exc))  # the next lease or change writes it
 
     async def _keepalive_loop(self) -> None:
         while not self._closing:
@@ -148,8 +248,12 @@ class ClusterMember:
                     await self._wake.wait()
 
     async def _resync(self) -> int:
-        revision, kvs = await self.client.range(self.owners_prefix)
-        seen = {kv.key[len(self.owners_prefix):].decode(): kv.value.decode() for kv in kvs}
+        revision, kvs = await self.client.range(self.prefix)
+        seen = {kv.key[len(self.owners_prefix):].decode(): kv.value.decode()
+                for kv in kvs if kv.key.startswith(self.owners_prefix)}
+        self.nodes = {kv.key[len(self.nodes_prefix):].decode(): NodeRecord.decode(kv.value)
+                      for kv in kvs if kv.key.startswith(self.nodes_prefix)}
+        self._others = None
         for vip in set(self.owners) | set(seen):
             owner = seen.get(vip)
             self.owners[vip] = owner
@@ -159,46 +263,71 @@ class ClusterMember:
     async def _watch_loop(self, revision: int) -> None:
         while not self._closing:
             try:
-                async for batch in self.client.watch(self.owners_prefix, revision + 1):
+                async for batch in self.client.watch(self.prefix, revision + 1):
+                    # A release's marker comes in the same revision as its delete.
+                    released = {(e.kv.key[len(self.released_prefix):].decode(), e.kv.mod_revision)
+                                for e in batch if e.kind == "PUT" and e.kv.key.startswith(self.released_prefix)}
+                    # Lease -> alive, asked once per batch: a node's death deletes its keys at once.
+                    alive: dict[int, bool] = {}
                     for event in batch:
                         revision = max(revision, event.kv.mod_revision)
+                        if event.kv.key.startswith(self.nodes_prefix):
+                            self._member_changed(event)
+                            continue
+                        if not event.kv.key.startswith(self.owners_prefix):
+                            continue
                         vip = event.kv.key[len(self.owners_prefix):].decode()
                         if event.kind == "DELETE":
-                            await self._deleted(vip, event.prev.lease if event.prev else 0, event.kv.mod_revision)
+                            voluntary = (vip, event.kv.mod_revision) in released
+                            await self._deleted(vip, 0 if voluntary or not event.prev else event.prev.lease,
+                                                event.kv.mod_revision, alive)
                         else:
                             self.owners[vip] = event.kv.value.decode()
                             self._execute(self.core.owner_seen(vip, self.owners[vip], revision=event.kv.mod_revision))
                     self._decide()
+                    self.on_seen()
             except Compacted:
                 log.warning("watch_compacted", revision=revision)
-                revision = await self._resync()
+                with contextlib.suppress(EtcdError):  # if etcd fails now, the next round compacts again
+                    revision = await self._resync()
             except (EtcdError, OSError, ValueError) as exc:
                 log.warning("watch_broken", error=str(exc), revision=revision)
             except Exception as exc:  # aiohttp's own errors on a cut stream
                 log.warning("watch_broken", error=repr(exc), revision=revision)
             await asyncio.sleep(RETRY_SECONDS)
 
-    async def _deleted(self, vip: str, lease: int, revision: int) -> None:
+    def _member_changed(self, event: WatchEvent) -> None:
+        node = event.kv.key[len(self.nodes_prefix):].decode()
+        if event.kind == "DELETE":
+            self.nodes.pop(node, None)
+        else:
+            self.nodes[node] = NodeRecord.decode(event.kv.value)
+        self._others = None
+
+    async def _deleted(self, vip: str, lease: int, revision: int, alive: dict[int, bool]) -> None:
         """A key went: by its lease's expiry (the owner is past its deadline), or under a live
         lease (an operator): then nobody claims it for a TTL."""
         hold_until = None
         if lease:
-            try:
-                alive = await self.client.time_to_live(lease) > 0
-            except EtcdError:
-                alive = True  # unknown: be safe
-            if alive:
+            if lease not in alive:
+                try:
+                    alive[lease] = await self.client.time_to_live(lease) > 0
+                except EtcdError:
+                    alive[lease] = True  # unknown: be safe
+            if alive[lease]:
                 hold_until = self.loop.time() + max(self.core.ttl, self.requested_ttl)
         self.owners[vip] = None
+        self.freed_at[vip] = self.loop.time()
         self._execute(self.core.owner_seen(vip, None, hold_until=hold_until, revision=revision))
 
     # ---- decisions and their execution ------------------------------------------------------------
 
     def _decide(self) -> None:
-        if self._closing:
+        if self._closing or self.loop.time() < self._settle_until:
             return
-        owners = {vip: self.owners.get(vip) for vip in self.candidates}
-        self._execute(self.core.want(self.candidates, owners, self.loop.time()))
+        candidates = self.candidates()
+        owners = {vip: self.owners.get(vip) for vip in candidates}
+        self._execute(self.core.want(candidates, owners, self.loop.time()))
 
     def _execute(self, actions: list[Action]) -> None:
         local: list[Action] = []
@@ -228,10 +357,14 @@ class ClusterMember:
         self._execute(self.core.claimed(claim.vip, won, claim.lease, self.loop.time(), revision))
 
     async def _release(self, vip: str) -> None:
-        """One VIP given up while the lease lives on: the others hold back a TTL before claiming
-        (they cannot tell this delete from an operator's; a release marker would let them not)."""
+        """One VIP given up while the lease lives on (Unbind ran before this task): delete the
+        key with a release marker, so the next owner claims at once."""
+        lease = self.core.lease
         with contextlib.suppress(EtcdError):
-            await self.client.delete_if(self._key(vip), self.node.encode())
+            if lease is None:
+                await self.client.delete_if(self._key(vip), self.node.encode())
+            else:
+                await self.client.release(self._key(vip), self.node.encode(), self.released_prefix + vip.encode(), lease)
 
     def _key(self, vip: str) -> bytes:
         return self.owners_prefix + vip.encode()

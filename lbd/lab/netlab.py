@@ -108,6 +108,7 @@ class Capture:
         )
         _wait_ready(self._proc, f"capture on {host}")
         self.frames: list[bytes] = []
+        self.timed: list[tuple[float, bytes]] = []  # (Unix time seen, frame)
 
     def stop(self) -> list[bytes]:
         if self._proc.poll() is None:
@@ -118,7 +119,8 @@ class Capture:
                 stop_process(self._proc)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
-        self.frames = wire.read_pcap(self.path) if self.path.exists() else []
+        self.timed = wire.read_pcap_timed(self.path) if self.path.exists() else []
+        self.frames = [frame for _, frame in self.timed]
         self.path.unlink(missing_ok=True)
         return self.frames
 

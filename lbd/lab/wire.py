@@ -51,14 +51,19 @@ def _die_with_parent() -> None:
 
 
 def read_pcap(path: Path) -> list[bytes]:
+    return [frame for _, frame in read_pcap_timed(path)]
+
+
+def read_pcap_timed(path: Path) -> list[tuple[float, bytes]]:
+    """Each frame with when it was seen (Unix time, microseconds)."""
     data = path.read_bytes()
     if len(data) < _PCAP_HEADER.size:
         return []
     frames, offset = [], _PCAP_HEADER.size
     while offset + _PCAP_RECORD.size <= len(data):
-        _, _, length, _ = _PCAP_RECORD.unpack_from(data, offset)
+        seconds, micros, length, _ = _PCAP_RECORD.unpack_from(data, offset)
         offset += _PCAP_RECORD.size
-        frames.append(data[offset : offset + length])
+        frames.append((seconds + micros / 1e6, data[offset : offset + length]))
         offset += length
     return frames
 

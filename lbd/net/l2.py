@@ -179,6 +179,9 @@ class L2Announcer:
         self._announced: dict[IPAddress, _Announcement] = {}
         self._watchers: dict[str, _Watcher] = {}  # interface name -> packet socket
         self.on_conflict: ConflictHook | None = None  # the daemon's: an event per service of the VIP
+        # Cluster mode's fence, asked before every frame: a VIP past this node's lease deadline
+        # is not announced, even if the pass that withdraws it has not run yet.
+        self.may_announce: Callable[[IPAddress], bool] | None = None
 
     async def close(self) -> None:
         """Stop every burst and close every packet socket."""
@@ -245,6 +248,9 @@ class L2Announcer:
 
     def _send_round(self, announcement: _Announcement) -> None:
         watcher, vip = announcement.watcher, announcement.vip
+        if self.may_announce is not None and not self.may_announce(vip):
+            log.info("garp_fenced", ip=str(vip), interface=watcher.link.name)
+            return
         if vip.version == 4:
             frames: tuple[bytes, ...] = arp.gratuitous_pair(watcher.link.mac, vip)  # type: ignore[arg-type]
         else:

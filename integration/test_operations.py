@@ -220,10 +220,11 @@ def test_every_get_and_describe_in_every_output_format(node: LbdNode) -> None:
     assert {(e["address"], e["port"], e["ready"]) for e in web_row["endpoints"]} >= {
         (str(lab.ip(b)), HTTP, True) for b in lab.backends}
     table = shown["services", "table"].splitlines()
-    assert table[0].split() == ["NAME", "TYPE", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS", "AGE"]
+    assert table[0].split() == ["NAME", "TYPE", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS", "AGE", "NODE"]
     assert table[0].split() + ["AFFINITY", "POLICY", "POOL"] == shown["services", "wide"].splitlines()[0].split()
     web_line = next(line.split() for line in table[1:] if line.startswith("web "))
     assert web_line[1:5] == ["LoadBalancer", str(lab.vip(0)), f"80->{HTTP}/TCP,{TCP_STREAM}/TCP", "3/3"]
+    assert web_line[-1] == web_row["node"] == "node"  # the node holding the VIP
     assert shown["endpoints", "table"].splitlines()[0].split()[:4] == ["SERVICE", "ENDPOINT", "READY", "REASON"]
     assert len(json.loads(shown["ep", "json"])) == len(lab.backends) + 1  # one row per endpoint
     pools = json.loads(shown["pools", "json"])

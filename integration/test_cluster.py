@@ -8,8 +8,10 @@ open and show it as Standby with the owner's name.
 
 from __future__ import annotations
 
+import json
 import signal
 import statistics
+import subprocess
 import sys
 import textwrap
 import time
@@ -52,6 +54,33 @@ PROBE = textwrap.dedent("""
         time.sleep(0.01)
     sys.exit(1)
 """)
+
+
+# A client loop for a fixed time: sequential requests, each with a deadline; prints the counts.
+LOOP = textwrap.dedent("""
+    import json, socket, sys, time
+    ip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    end, ok, failed, errors = time.monotonic() + seconds, 0, 0, []
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection((ip, port), timeout=2) as s:
+                s.settimeout(2)
+                s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            good = b" 200 " in data.split(b"\\r\\n", 1)[0]
+        except OSError as exc:
+            good, data = False, repr(exc).encode()
+        if good:
+            ok += 1
+        else:
+            failed += 1
+            errors.append((round(time.time(), 3), data[:80].decode(errors="replace")))
+        time.sleep(0.02)
+    print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:10]}))
+""")
+ETCD_OUTAGE = 30.0
 
 
 def config(lab: Lab) -> str:
@@ -233,6 +262,32 @@ def test_local_policy_lands_on_the_node_with_a_ready_local_endpoint(cluster: dic
         assert row["state"] == "Standby" and row["node"] == "node-3"
         assert "no ready endpoint on this node" in row["reason"]
     assert probe(lab, vip, 81)[1] == 0
+
+
+def test_an_etcd_outage_with_every_node_alive_fails_no_request(
+    cluster: dict[str, LbdNode], cluster_lab: tuple[Lab, LabEtcd],
+) -> None:
+    lab, etcd = cluster_lab
+    owner, vip = settled_owner(cluster, "web")
+    client = lab.popen("client", [sys.executable, "-c", LOOP, vip, "80", str(ETCD_OUTAGE + 5)],
+                       stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        etcd.stop()  # SIGKILL: every node's keepalives fail from now on
+        time.sleep(ETCD_OUTAGE)
+        etcd.start()  # the same data: the leases come back (etcd renews them on election)
+        out, _ = client.communicate(timeout=ETCD_OUTAGE + 30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    counts = json.loads(out)
+    print(f"\netcd stopped {ETCD_OUTAGE:.0f} s: {counts['ok']} requests through the VIP, {counts['failed']} failed")
+    assert counts["failed"] == 0, counts["errors"]
+    assert counts["ok"] > ETCD_OUTAGE * 10
+    assert settled_owner(cluster, "web")[0] == owner  # nothing moved
+    events = [e.get("event") for e in cluster[owner].events()]
+    assert "etcd_unreachable" in events and "etcd_reachable_again" in events
+    assert "vip_dropped" not in events
 
 
 def _unix(iso: str) -> float:

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keys under this prefix (default %(default)s); one cluster per prefix")
     run.add_argument("--lease-ttl", type=_lease_ttl, default=default("lease_ttl"), metavar="SECONDS",
                      help="this node's etcd lease (default %(default)s): a crashed owner's VIPs move after it runs out")
+    run.add_argument("--peer-port", type=int, default=default("peer_port"), metavar="PORT",
+                     help="cluster mode: UDP port where members ask each other while etcd is out of reach "
+                          "(on the address this node reaches etcd from; default %(default)s)")
 
     check = sub.add_parser("check", help="validate the config and show what each service would get")
     _add_config(check)
@@ -248,6 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         etcd_endpoints=args.etcd_endpoints,
         etcd_prefix=args.etcd_prefix,
         lease_ttl=args.lease_ttl,
+        peer_port=args.peer_port,
     )
     return run(run_daemon(options))
 

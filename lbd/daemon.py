@@ -170,7 +170,8 @@ class Daemon:
         self.cluster: ClusterNode | None = None
         if options.etcd_endpoints:  # cluster mode: etcd decides which node holds each VIP
             self.cluster = ClusterNode(options.node_name, list(options.etcd_endpoints), prefix=options.etcd_prefix,
-                                       lease_ttl=options.lease_ttl, on_change=lambda: self.reconciler.mark_dirty(),
+                                       lease_ttl=options.lease_ttl, peer_port=options.peer_port,
+                                       on_change=lambda: self.reconciler.mark_dirty(),
                                        events=self.events)
             gate = gate or self.cluster.gate
         self.listeners: DataPlane

@@ -44,6 +44,7 @@ class DaemonOptions:
     etcd_endpoints: tuple[str, ...] = ()  # cluster mode (lbd.cluster) when set
     etcd_prefix: str = "/lbd/"
     lease_ttl: int = 2  # seconds asked for; etcd may grant more (1.5 x its election timeout at least)
+    peer_port: int = 7947  # UDP, members' failsafe asks while etcd is out of reach (lbd.cluster.peers)
 
 
 def default(name: str) -> Any:

@@ -370,3 +370,29 @@ def test_a_claim_answered_after_the_deadline_is_given_back() -> None:
     core.want({"v": ["node-a"]}, {"v": None}, 0.1)
     assert core.claimed("v", True, 7, TTL) == [Release("v")]
     assert core.answering == set()
+
+
+def test_failsafe_keeps_vips_only_with_promises_and_a_promise_blocks_takeover() -> None:
+    """etcd out of reach: the owner's deadline moves only on its members' word, and a member
+    that gave its word takes none of the owner's VIPs for a TTL, by claim or by won claim."""
+    vip = VIPS[0]
+    owner = NodeOwnership("node-a", margin=MARGIN, claim_grace=0.0)
+    owner.granted(1, TTL, 0.0)
+    owner.want({vip: ["node-a"]}, {}, 0.0)
+    assert owner.claimed(vip, True, 1, 0.01) == [Bind(vip, TTL - MARGIN)]
+    # A keepalive fails at 0.5: nothing drops; the members confirm an ask sent at 0.6.
+    assert owner.tick(0.6) == []
+    assert owner.failsafe_confirmed(0.6) == [Fence(vip, 0.6 + TTL - MARGIN)]
+    assert owner.failsafe_confirmed(0.5) == []  # an older round's answer moves nothing back
+    assert owner.tick(1.2) == []  # past the lease's own deadline, still held
+    assert owner.tick(0.6 + TTL - MARGIN) == [Unbind(vip, DropReason.DEADLINE)]  # no word since
+
+    peer = NodeOwnership("node-b", margin=MARGIN, claim_grace=0.0)
+    peer.granted(2, TTL, 0.0)
+    peer.owner_seen(vip, "node-a", revision=5)
+    assert peer.promise("node-a", 1.0) == frozenset()  # it answers for none of them
+    peer.owner_seen(vip, None, revision=6)  # etcd let node-a's lease expire (node-b reaches it)
+    peer.keepalive_acked(2, 1.4, TTL)  # node-b's own lease lives on
+    assert peer.want({vip: ["node-b"]}, {vip: None}, 1.5) == []  # promised until 2.0
+    assert peer.claimed(vip, True, 2, 1.6, revision=7) == [Release(vip)]  # a claim already in flight
+    assert peer.want({vip: ["node-b"]}, {vip: None}, 2.0 + STEP) == [Claim(vip, 2)]  # the word is spent

@@ -138,9 +138,9 @@ class EtcdClient:
         data = await self._call("/lease/grant", {"TTL": ttl})
         return int(data["ID"]), int(data["TTL"])
 
-    async def keepalive(self, lease: int) -> int:
+    async def keepalive(self, lease: int, timeout: float | None = None) -> int:
         """Renew a lease: its TTL, or 0 if etcd no longer has it."""
-        data = await self._call("/lease/keepalive", {"ID": lease})
+        data = await self._call("/lease/keepalive", {"ID": lease}, timeout)
         return int(data.get("result", {}).get("TTL", 0))
 
     async def revoke(self, lease: int) -> None:

@@ -22,6 +22,14 @@ before that owner sees the deletion; both then answer for up to the watch's dela
 needs the claim to prove the previous owner is gone (releases written as tombstones, or the
 previous lease checked), which the store's shell will do.
 
+etcd out of reach (Patroni's failsafe mode): a keepalive that no endpoint answered does not drop
+anything by itself; the deadline stands, and the owner may push it on only with the word of
+every member it last knew: each confirms, directly, that it answers for none of the owner's
+VIPs and promises not to take a VIP that owner held for one TTL from its answer
+(`promise`). With every promise in hand, `failsafe_confirmed(sent_at)` moves the deadline to
+sent_at + TTL - margin, as a keepalive would: a promise made after sent_at outlasts it. A
+member that did not answer, or answers for one of the VIPs, leaves the deadline where it was.
+
 `NodeOwnership` takes events with the time they happened (the caller's monotonic clock, never
 read here) and returns actions for the I/O shell to carry out: claim or release a key, bind or
 unbind an address, set the fence. Tests drive it against a simulated store with loss, delays,
@@ -117,6 +125,9 @@ class NodeOwnership:
         # VIPs whose key was deleted while its owner's lease lived (an operator, not an expiry):
         # that owner may answer until it sees the deletion, so nobody claims before this time.
         self.hold_until: dict[str, float] = {}
+        self.last_owner: dict[str, str] = {}  # VIP -> the node its key last named
+        # Failsafe promises this node made: node -> until when it takes none of that node's VIPs.
+        self.promises: dict[str, float] = {}
 
     # ---- the lease ------------------------------------------------------------------------------
 
@@ -140,6 +151,28 @@ class NodeOwnership:
             return []  # an older request's answer, overtaken
         self.deadline = deadline
         return [Fence(vip, deadline) for vip in sorted(self.answering)]
+
+    def failsafe_confirmed(self, sent_at: float) -> list[Action]:
+        """Every member confirmed and promised, asked at `sent_at`: keep answering as if a
+        keepalive sent then had been acknowledged."""
+        if self.lease is None:
+            return []
+        deadline = sent_at + self.ttl - self.margin
+        if deadline <= self.deadline:
+            return []
+        self.deadline = deadline
+        return [Fence(vip, deadline) for vip in sorted(self.answering)]
+
+    def promise(self, node: str, now: float) -> frozenset[str]:
+        """`node` asks for failsafe: promise to take none of its VIPs for a TTL from now; the
+        answer is what this node answers for (the asker steps down if it overlaps its own)."""
+        ttl = max(self.ttl, 1.0)  # no lease yet: still a whole TTL
+        self.promises[node] = max(self.promises.get(node, now), now + ttl)
+        return frozenset(self.answering | self.claiming)
+
+    def _promised(self, vip: str, now: float) -> bool:
+        owner = self.last_owner.get(vip)
+        return owner is not None and self.promises.get(owner, now) > now
 
     def lease_lost(self) -> list[Action]:
         """A keepalive failed or the store no longer has the lease: stop answering now."""
@@ -188,7 +221,7 @@ class NodeOwnership:
             since = self.free_since.setdefault(vip, now)
             if self.node not in nodes or vip in self.answering or vip in self.claiming:
                 continue
-            if self.hold_until.get(vip, now) > now:
+            if self.hold_until.get(vip, now) > now or self._promised(vip, now):
                 continue
             if preferred(vip, nodes) == self.node or now - since >= self.claim_grace:
                 self.claiming.add(vip)
@@ -210,7 +243,7 @@ class NodeOwnership:
         seen_revision, seen_owner = self.key_seen.get(vip, (0, None))
         if revision and seen_revision > revision and seen_owner != self.node:
             return []
-        if lease != self.lease or now >= self.deadline:
+        if lease != self.lease or now >= self.deadline or self._promised(vip, now):
             return [Release(vip)] if lease == self.lease else []
         self.answering.add(vip)
         return [Bind(vip, self.deadline)]
@@ -226,6 +259,8 @@ class NodeOwnership:
         """
         if revision:
             self.key_seen[vip] = max(self.key_seen.get(vip, (0, None)), (revision, owner), key=lambda r: r[0])
+        if owner is not None:
+            self.last_owner[vip] = owner
         if owner is None:
             self.free_since.pop(vip, None)  # start the grace from when `want` next sees it free
             if hold_until is not None:

@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from lbd.cluster.etcd import Compacted, EtcdClient, EtcdError, WatchEvent
+from lbd.cluster.etcd import Compacted, EtcdClient, EtcdError, Unavailable, WatchEvent
 from lbd.cluster.fencing import (
     KEEPALIVES_PER_TTL,
     Action,
@@ -45,6 +45,7 @@ from lbd.cluster.fencing import (
     Release,
     Unbind,
 )
+from lbd.cluster.peers import PeerLink
 
 log = structlog.get_logger("lbd.cluster")
 
@@ -59,16 +60,22 @@ class NodeRecord:
 
     vips: frozenset[str]
     ttl: int
+    peer: tuple[str, int] | None = None  # where it answers failsafe asks (lbd.cluster.peers)
 
     def encode(self) -> bytes:
-        return json.dumps({"vips": sorted(self.vips), "ttl": self.ttl}, separators=(",", ":")).encode()
+        data: dict[str, Any] = {"vips": sorted(self.vips), "ttl": self.ttl}
+        if self.peer is not None:
+            data["peer"] = list(self.peer)
+        return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> NodeRecord:
         try:
             data = json.loads(raw)
-            return cls(frozenset(str(v) for v in data.get("vips", ())), int(data.get("ttl", 0)))
-        except (ValueError, TypeError, AttributeError):
+            peer = data.get("peer")
+            return cls(frozenset(str(v) for v in data.get("vips", ())), int(data.get("ttl", 0)),
+                       (str(peer[0]), int(peer[1])) if peer else None)
+        except (ValueError, TypeError, AttributeError, IndexError):
             return cls(frozenset(), 0)  # a record lbd did not write: a member with no candidacy
 
 
@@ -83,6 +90,7 @@ class ClusterMember:
         ttl: int = 2,
         margin: float = DEFAULT_MARGIN,
         claim_grace: float | None = None,
+        peer: tuple[str, int] | None = None,
     ) -> None:
         self.client = client
         self.node = node
@@ -102,6 +110,10 @@ class ClusterMember:
         self._record_lock = asyncio.Lock()
         self._settle_until = float("inf")  # no claims before start() has read the members
         self.on_seen: Callable[[], None] = lambda: None  # owners or members changed (the status shows them)
+        self.peer = peer
+        self.peers = PeerLink(node, lambda asker: self.core.promise(asker, self.loop.time()))
+        self.failsafe_active = False  # etcd out of reach; VIPs kept on the members' word
+        self._failsafe_task: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
@@ -112,6 +124,8 @@ class ClusterMember:
     async def start(self) -> None:
         """Get a lease and the keys as they are (waiting, with backoff, while etcd does not
         answer); then keep both current in the background."""
+        if self.peer is not None:
+            await self.peers.open(*self.peer)
         await self._grant()
         delay = RETRY_SECONDS
         while True:
@@ -135,6 +149,7 @@ class ClusterMember:
         """Handover: stop answering, delete our keys, revoke the lease: the next owner starts now.
         Without it (a crash, as tests make one) everything just stops."""
         self._closing = True
+        self.peers.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -209,7 +224,7 @@ class ClusterMember:
             lease = self.core.lease
             if lease is None or self._closing:
                 return
-            record = NodeRecord(self.candidacy, int(self.core.ttl))
+            record = NodeRecord(self.candidacy, int(self.core.ttl), self.peer)
             try:
                 await self.client.put(self.nodes_prefix + self.node.encode(), record.encode(), lease)
             except EtcdError as exc:
@@ -225,12 +240,40 @@ class ClusterMember:
             await asyncio.sleep(self.core.ttl / KEEPALIVES_PER_TTL)
             sent = self.loop.time()
             try:
-                ttl = await self.client.keepalive(lease)
+                # Short: an etcd that hangs must leave time for a failsafe round before the deadline.
+                ttl = await self.client.keepalive(lease, timeout=self.core.ttl / 3)
+            except Unavailable as exc:
+                # etcd out of reach, the lease perhaps alive: the deadline stands, and the
+                # members' word may carry it on (failsafe); otherwise the clock drops at it.
+                if not self.failsafe_active:
+                    log.warning("etcd_unreachable", lease=lease, error=str(exc),
+                                hint="VIPs are kept while every member confirms it holds none of them")
+                self.failsafe_active = True
+                if self._failsafe_task is None or self._failsafe_task.done():
+                    self._failsafe_task = self._spawn(self._failsafe())
+                continue
             except EtcdError as exc:
                 log.warning("lease_keepalive_failed", lease=lease, error=str(exc))
                 self._execute(self.core.lease_lost())
                 continue
+            if self.failsafe_active:
+                self.failsafe_active = False
+                log.info("etcd_reachable_again", lease=lease, ttl=ttl)
             self._execute(self.core.keepalive_acked(lease, sent, ttl))
+
+    async def _failsafe(self) -> None:
+        """One round: ask every member last known for its word; all given, keep the VIPs."""
+        answering = set(self.core.answering)
+        if not answering:
+            return
+        peers = {n: r.peer for n, r in self.nodes.items() if n != self.node and r.peer is not None}
+        silent = [n for n, r in self.nodes.items() if n != self.node and r.peer is None]
+        if silent:  # a member that cannot be asked cannot promise: no failsafe
+            log.warning("failsafe_impossible", members_without_peer_address=silent)
+            return
+        sent = self.loop.time()
+        if await self.peers.confirm(peers, answering, timeout=self.core.ttl / KEEPALIVES_PER_TTL):
+            self._execute(self.core.failsafe_confirmed(sent))
 
     async def _clock_loop(self) -> None:
         while not self._closing:
@@ -369,7 +412,8 @@ class ClusterMember:
     def _key(self, vip: str) -> bytes:
         return self.owners_prefix + vip.encode()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

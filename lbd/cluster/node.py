@@ -23,6 +23,7 @@ from lbd.cluster.etcd import EtcdClient
 from lbd.cluster.fencing import Action, Bind, DropReason, Fence, Unbind
 from lbd.cluster.gate import ClusterGate
 from lbd.cluster.member import ClusterMember
+from lbd.cluster.peers import DEFAULT_PORT, local_address_towards
 from lbd.events import EventLog
 from lbd.model import IPAddress
 from lbd.net.fence import ArpFence, NftError
@@ -38,13 +39,16 @@ class ClusterNode:
         *,
         prefix: str,
         lease_ttl: int,
+        peer_port: int = DEFAULT_PORT,
         on_change: Callable[[], None],
         events: EventLog,
         fence: ArpFence | None = None,
     ) -> None:
         self.node = node
         self.client = EtcdClient(endpoints)
-        self.member = ClusterMember(self.client, node, self._on_actions, prefix=prefix.encode(), ttl=lease_ttl)
+        peer = (local_address_towards(endpoints[0]), peer_port)
+        self.member = ClusterMember(self.client, node, self._on_actions, prefix=prefix.encode(), ttl=lease_ttl,
+                                    peer=peer)
         self.member.on_seen = on_change  # a peer's VIP changed hands: the NODE column follows
         self.gate = ClusterGate(self.member)
         self.fence = fence  # made at start: a missing libnftables is a start_failed line, not a traceback
@@ -59,7 +63,7 @@ class ClusterNode:
         if self.fence is None:
             self.fence = ArpFence()
         self.fence.install()
-        log.info("cluster_joining", node=self.node, endpoints=self.client.endpoints,
+        log.info("cluster_joining", node=self.node, endpoints=self.client.endpoints, peer=self.member.peer,
                  prefix=self.member.prefix.decode(), lease_ttl=self.member.requested_ttl)
         await self.member.start()
         metrics.cluster_lease_ttl_seconds.set(self.member.core.ttl)

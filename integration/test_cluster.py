@@ -264,6 +264,34 @@ def test_local_policy_lands_on_the_node_with_a_ready_local_endpoint(cluster: dic
     assert probe(lab, vip, 81)[1] == 0
 
 
+def test_every_node_reads_the_same_vips_even_when_all_reload_at_once(cluster: dict[str, LbdNode]) -> None:
+    lab = next(iter(cluster.values())).lab
+    settled_owner(cluster, "web")
+    before = {host: {n: r["externalIP"] for n, r in rows(node).items()} for host, node in cluster.items()}
+    assert len({json.dumps(v, sort_keys=True) for v in before.values()}) == 1, before
+    added = config(lab) + "\n".join(f"""
+  - name: api-{k}
+    ports: [{{name: http, port: 80, targetPort: {HTTP}}}]
+    endpoints: [{lab.ip(lab.backends[1])}]""" for k in range(3)) + "\n"
+    for node in cluster.values():
+        node.config.write_text(added)
+    for node in cluster.values():  # at once: three compare-and-swaps race for the same key
+        node.reload()
+    deadline = time.monotonic() + 15
+    while True:
+        after = {host: {n: r["externalIP"] for n, r in rows(node).items()} for host, node in cluster.items()}
+        if all(len(v) == 5 and all(v.values()) for v in after.values()):
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.1)
+    assert len({json.dumps(v, sort_keys=True) for v in after.values()}) == 1, after  # all agree
+    ips = list(after["node"].values())
+    assert len(set(ips)) == len(ips)  # one IP per service (none shares: no allow-shared-ip)
+    assert all(after["node"][n] == ip for n, ip in before["node"].items())  # nothing moved
+    owner, vip = settled_owner(cluster, "api-2")
+    assert probe(lab, vip)[1] == 0
+
+
 def test_an_etcd_outage_with_every_node_alive_fails_no_request(
     cluster: dict[str, LbdNode], cluster_lab: tuple[Lab, LabEtcd],
 ) -> None:

@@ -2,7 +2,7 @@
 
 The allocator is pure (lbd.allocator); what it was given last time and where its answer goes
 is an AssignmentStore. Single node: the sticky file in --state-dir (lbd.state). Several nodes
-(later): a cluster store whose `commit` is a compare-and-swap, so two nodes applying a new
+(lbd.cluster.assignments): an etcd key whose `commit` is a compare-and-swap, so two nodes applying a new
 config at once cannot hand one IP to two services; the loser re-reads and allocates again.
 
 Stores are synchronous (the daemon calls them in a worker thread, with a deadline), so tests

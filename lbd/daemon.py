@@ -35,6 +35,7 @@ from lbd import api, config, metrics, preflight
 from lbd import log as lbd_log
 from lbd.admin import AdminServer
 from lbd.assignments import AssignmentStore, FileAssignmentStore
+from lbd.cluster.assignments import EtcdAssignmentStore
 from lbd.cluster.node import ClusterNode
 from lbd.config import Attempt
 from lbd.config_process import attempt_in_child
@@ -174,6 +175,9 @@ class Daemon:
                                        on_change=lambda: self.reconciler.mark_dirty(),
                                        events=self.events)
             gate = gate or self.cluster.gate
+            # The cluster's assignments, not this node's --state-dir: every node reads the same VIPs.
+            store = store or EtcdAssignmentStore(self.cluster.client, options.etcd_prefix,
+                                                 asyncio.get_running_loop())
         self.listeners: DataPlane
         if options.workers > 1:  # the data plane in N processes; this one keeps the control plane
             self.workers = WorkerPool(options.workers, options.drain_timeout, health=self.health,

@@ -190,6 +190,21 @@ class EtcdClient:
         })
         return bool(data.get("succeeded"))
 
+    async def get(self, key: bytes) -> KeyValue | None:
+        data = await self._call("/kv/range", {"key": _b64(key)})
+        kvs = data.get("kvs") or []
+        return _kv(kvs[0]) if kvs else None
+
+    async def put_if(self, key: bytes, value: bytes, mod_revision: int) -> bool:
+        """Compare-and-swap: put `key` only if it was last changed at `mod_revision` (0: only if
+        it does not exist)."""
+        compare = ({"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+                   if mod_revision == 0 else
+                   {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision})
+        data = await self._call("/kv/txn", {
+            "compare": [compare], "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}]})
+        return bool(data.get("succeeded"))
+
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:

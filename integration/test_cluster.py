@@ -133,7 +133,8 @@ def cluster(cluster_lab: tuple[Lab, LabEtcd]) -> Iterator[dict[str, LbdNode]]:
             local = addr.get("local", "")
             if local and local not in (str(lab.ip(host)), str(lab.ip(host, 6))) and not local.startswith("fe80"):
                 lab.exec(host, ["ip", "addr", "del", f"{local}/{addr['prefixlen']}", "dev", "eth0"])
-        lab.exec(host, ["nft", "delete", "table", "arp", "lbd"])
+        for family in ("arp", "ip6"):
+            lab.exec(host, ["nft", "delete", "table", family, "lbd"])
     lab.flush_neigh("client")
 
 

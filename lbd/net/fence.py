@@ -17,14 +17,16 @@ the process, not for the kernel, which still answers for a bound address. Measur
 Applied through libnftables (the nftables package's library) with ctypes, in-process: one
 netlink transaction per change, no nft process per keepalive. Every write replaces the whole
 `live` set in one transaction (flush, then add with the new timeouts), so a refresh never opens
-a gap. IPv4 only: neighbour discovery for IPv6 VIPs is not fenced yet.
+a gap. IPv6 VIPs get the same from an `ip6 lbd` table on neighbour discovery: solicitations
+for a fenced VIP are dropped, advertisements of it are not sent. nft has no field for the
+target address, so it is matched as the 128 bits after the ICMPv6 header's first 8 bytes
+(`@th,64,128`), and the sets hold addresses as 128-bit integers.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import ipaddress
 from collections.abc import Mapping
 
 import structlog
@@ -46,6 +48,15 @@ flush chain arp {table} input
 flush chain arp {table} output
 add rule arp {table} input arp daddr ip @bound arp daddr ip != @live drop
 add rule arp {table} output arp saddr ip @bound arp saddr ip != @live drop
+add table ip6 {table}
+add set ip6 {table} bound {{ typeof @th,64,128; }}
+add set ip6 {table} live {{ typeof @th,64,128; flags timeout; }}
+add chain ip6 {table} input {{ type filter hook input priority 0; policy accept; }}
+add chain ip6 {table} output {{ type filter hook output priority 0; policy accept; }}
+flush chain ip6 {table} input
+flush chain ip6 {table} output
+add rule ip6 {table} input icmpv6 type nd-neighbor-solicit @th,64,128 @bound @th,64,128 != @live drop
+add rule ip6 {table} output icmpv6 type nd-neighbor-advert @th,64,128 @bound @th,64,128 != @live drop
 """
 
 
@@ -100,25 +111,28 @@ class ArpFence:
 
     def set_live(self, until: Mapping[IPAddress, float], now: float) -> None:
         """Answer for exactly these VIPs, each until its deadline (seconds on `now`'s clock)."""
-        v4 = {ip: t for ip, t in until.items() if isinstance(ip, ipaddress.IPv4Address)}
-        fresh = [ip for ip in v4 if ip not in self.bound]
+        fresh = [ip for ip in until if ip not in self.bound]
         commands = []
-        if fresh:
-            commands.append(f"add element arp {self.table} bound {{ {', '.join(map(str, fresh))} }}")
-        commands.append(f"flush set arp {self.table} live")
-        live = [f"{ip} timeout {ms}ms" for ip, t in sorted(v4.items()) if (ms := int((t - now) * 1000)) > 0]
-        if live:
-            commands.append(f"add element arp {self.table} live {{ {', '.join(live)} }}")
+        for family in ("arp", "ip6"):
+            version = 4 if family == "arp" else 6
+            new = [_element(ip) for ip in fresh if ip.version == version]
+            if new:
+                commands.append(f"add element {family} {self.table} bound {{ {', '.join(new)} }}")
+            commands.append(f"flush set {family} {self.table} live")
+            live = [f"{_element(ip)} timeout {ms}ms" for ip, t in sorted(until.items(), key=lambda i: int(i[0]))
+                    if ip.version == version and (ms := int((t - now) * 1000)) > 0]
+            if live:
+                commands.append(f"add element {family} {self.table} live {{ {', '.join(live)} }}")
         self.nft.run("\n".join(commands))
         self.bound.update(fresh)
 
     def remove(self) -> None:
-        """Graceful stop, every VIP unbound: the table goes."""
-        self.nft.run(f"delete table arp {self.table}")
+        """Graceful stop, every VIP unbound: the tables go."""
+        self.nft.run(f"delete table arp {self.table}\ndelete table ip6 {self.table}")
         self.bound.clear()
 
     def listed(self) -> str:
-        return self.nft.run(f"list table arp {self.table}")
+        return self.nft.run(f"list table arp {self.table}\nlist table ip6 {self.table}")
 
 
 def remove_leftover(nft: Nft | None = None, table: str = TABLE) -> bool:
@@ -127,10 +141,19 @@ def remove_leftover(nft: Nft | None = None, table: str = TABLE) -> bool:
         nft = nft or Nft()
     except NftError:
         return False  # no libnftables: no fence can exist
-    try:
-        nft.run(f"delete table arp {table}")
-    except NftError:
-        return False  # none there
+    removed = False
+    for family in ("arp", "ip6"):
+        try:
+            nft.run(f"delete table {family} {table}")
+            removed = True
+        except NftError:
+            pass  # none there
+    if not removed:
+        return False
     log.info("cluster_fence_removed", table=table)
     return True
 
+
+def _element(ip: IPAddress) -> str:
+    """How a set holds the address: dotted for `arp`, a 128-bit integer for the raw ip6 match."""
+    return str(ip) if ip.version == 4 else f"0x{int(ip):032x}"

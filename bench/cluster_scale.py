@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from lbd.cluster.etcd import EtcdClient  # noqa: E402
 from lbd.cluster.fencing import Action, Bind, Unbind  # noqa: E402
 from lbd.cluster.member import ClusterMember  # noqa: E402
+from lbd.lab.backend import die_with_parent  # noqa: E402
 from lbd.lab.etcd import etcd_binary  # noqa: E402
 from lbd.loop import run  # noqa: E402
 
@@ -91,8 +93,16 @@ async def bench(url: str, nodes: int, vips: int, ttl: int, limit: float) -> dict
         await asyncio.gather(*(m.start() for m in members))
         for m in members:
             m.want(addresses)
-        out["converge_s"] = loop.time() - started + await until(
-            lambda: all(len(answering[v]) == 1 for v in addresses), "convergence")
+        try:
+            out["converge_s"] = loop.time() - started + await until(
+                lambda: all(len(answering[v]) == 1 for v in addresses), "convergence")
+        except TimeoutError:
+            orphans = [v for v in addresses if len(answering[v]) != 1]
+            m = members[0]
+            print("orphans", len(orphans), [(v, m.owners.get(v), sorted(answering[v]),
+                                             [(x.node, x.core.lease, v in x.core.claiming) for x in members
+                                              if x.node == m.owners.get(v)]) for v in orphans[:3]], file=sys.stderr)
+            raise
         per_node = collections.Counter(next(iter(answering[v])) for v in addresses)
         out["vips_per_node_min"], out["vips_per_node_max"] = min(per_node.values()), max(per_node.values())
 
@@ -112,7 +122,14 @@ async def bench(url: str, nodes: int, vips: int, ttl: int, limit: float) -> dict
         for v in lost:  # its fence runs out: the recorder forgets it at once (the worst case)
             answering[v].discard(victim_name)
         members.remove(victim)
-        out["failover_s"] = await until(lambda: all(len(answering[v]) == 1 for v in lost), "failover")
+        try:
+            out["failover_s"] = await until(lambda: all(len(answering[v]) == 1 for v in lost), "failover")
+        except TimeoutError:
+            orphans = [v for v in lost if len(answering[v]) != 1]
+            m = members[0]
+            print("orphans", len(orphans), [(v, m.owners.get(v), sorted(answering[v]), m.candidates().get(v))
+                                             for v in orphans[:3]], file=sys.stderr)
+            raise
         out["failover_from_kill_s"] = loop.time() - killed
     finally:
         for m in members:
@@ -132,6 +149,11 @@ def main() -> None:
     ap.add_argument("--limit", type=float, default=300.0, help="seconds any phase may take")
     ap.add_argument("--md")
     a = ap.parse_args()
+    import logging
+
+    import structlog
+    # A line per VIP and node would be the bench's main cost: warnings only.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     binary = etcd_binary()
     if binary is None:
         sys.exit("etcd is not installed (scripts/setup.sh installs etcd-server)")
@@ -142,7 +164,8 @@ def main() -> None:
         ["taskset", "-c", "0", binary, "--name", "s", "--data-dir", str(data / "d"), "--listen-client-urls", url,
          "--advertise-client-urls", url, "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
          "--initial-cluster", f"s={peer_url}", "--heartbeat-interval", "50", "--election-timeout", "500"],
-        stdout=subprocess.DEVNULL, stderr=open(data / "etcd.log", "wb"), start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=open(data / "etcd.log", "wb"), start_new_session=True,
+        preexec_fn=die_with_parent)
     try:
         time.sleep(2)
         os.sched_setaffinity(0, {1})
@@ -150,6 +173,7 @@ def main() -> None:
     finally:
         etcd.kill()
         etcd.wait(10)
+        shutil.rmtree(data, ignore_errors=True)
     lines = [f"cluster scale, one run (`{' '.join(sys.argv[1:])}`): {a.nodes} simulated nodes, {a.vips} VIPs, "
              f"lease TTL {a.ttl} s, one etcd member on CPU 0, every node in one process on CPU 1:", "",
              "| metric | value |", "|---|---|"]

@@ -52,6 +52,8 @@ log = structlog.get_logger("lbd.cluster")
 RETRY_SECONDS = 0.2  # between broken watches, and the first wait between failed grants
 MAX_BACKOFF = 5.0  # the longest wait between grants while etcd is unreachable
 DEFAULT_MARGIN = 0.2  # seconds below the TTL; see lbd.cluster.fencing
+CLAIMS_IN_FLIGHT = 16
+DECIDE_DELAY = 0.01  # seconds a decision waits for more watch events (a handover's cost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,10 @@ class ClusterMember:
         self._others: dict[str, set[str]] | None = None
         self._candidates: dict[str, Sequence[str]] | None = None  # candidates(), until something changes
         self._record_lock = asyncio.Lock()
+        # A cold start claims hundreds of VIPs: a few at a time, not a burst that times out.
+        self._claims_in_flight = asyncio.Semaphore(CLAIMS_IN_FLIGHT)
         self._settle_until = float("inf")  # no claims before start() has read the members
+        self._decide_handle: asyncio.TimerHandle | None = None
         self.on_seen: Callable[[], None] = lambda: None  # owners or members changed (the status shows them)
         self.peer = peer
         self.peers = PeerLink(node, lambda asker: self.core.promise(asker, self.loop.time()))
@@ -176,7 +181,7 @@ class ClusterMember:
             self._candidates = None
             if self.connected:
                 self._spawn(self._write_record())
-        self._decide()
+        self._decide_soon()
 
     def answering(self) -> frozenset[str]:
         return frozenset(self.core.answering)
@@ -304,6 +309,9 @@ class ClusterMember:
         self.nodes = {kv.key[len(self.nodes_prefix):].decode(): NodeRecord.decode(kv.value)
                       for kv in kvs if kv.key.startswith(self.nodes_prefix)}
         self._others = self._candidates = None
+        for kv in kvs:  # keys naming this node under an earlier lease (a restart): give them up
+            if kv.key.startswith(self.owners_prefix) and kv.value == self.node.encode() and kv.lease != self.core.lease:
+                self._spawn(self.client.delete_if(kv.key, kv.value))
         for vip in set(self.owners) | set(seen):
             owner = seen.get(vip)
             self.owners[vip] = owner
@@ -334,7 +342,7 @@ class ClusterMember:
                         else:
                             self.owners[vip] = event.kv.value.decode()
                             self._execute(self.core.owner_seen(vip, self.owners[vip], revision=event.kv.mod_revision))
-                    self._decide()
+                    self._decide_soon()
                     self.on_seen()
             except Compacted:
                 log.warning("watch_compacted", revision=revision)
@@ -380,12 +388,19 @@ class ClusterMember:
 
     # ---- decisions and their execution ------------------------------------------------------------
 
+    def _decide_soon(self) -> None:
+        """Decide once for a burst of changes: a decision looks at every VIP, and a cold start
+        or a node's death brings a watch batch per claim."""
+        if self._decide_handle is None:
+            self._decide_handle = self.loop.call_later(DECIDE_DELAY, self._decide)
+
     def _decide(self) -> None:
+        if self._decide_handle is not None:
+            self._decide_handle.cancel()
+            self._decide_handle = None
         if self._closing or self.loop.time() < self._settle_until:
             return
-        candidates = self.candidates()
-        owners = {vip: self.owners.get(vip) for vip in candidates}
-        self._execute(self.core.want(candidates, owners, self.loop.time()))
+        self._execute(self.core.want(self.candidates(), self.owners, self.loop.time()))
 
     def _execute(self, actions: list[Action]) -> None:
         local: list[Action] = []
@@ -408,21 +423,39 @@ class ClusterMember:
 
     async def _claim(self, claim: Claim) -> None:
         try:
-            won, revision = await self.client.claim(self._key(claim.vip), self.node.encode(), claim.lease)
+            async with self._claims_in_flight:
+                if claim.lease != self.core.lease or self.loop.time() >= self.core.deadline:
+                    won, revision = False, 0  # queued behind others while the lease was lost
+                else:
+                    won, revision = await self.client.claim(self._key(claim.vip), self.node.encode(), claim.lease)
         except EtcdError as exc:
-            log.warning("claim_failed", vip=claim.vip, error=str(exc))
-            won, revision = False, 0
+            # No answer is not a no: the transaction may have landed. A key left naming this
+            # node under its live lease would keep everyone else away while nobody answers.
+            won, revision = await self._landed(claim)
+            log.warning("claim_failed", vip=claim.vip, error=str(exc), landed=won)
         self._execute(self.core.claimed(claim.vip, won, claim.lease, self.loop.time(), revision))
+
+    async def _landed(self, claim: Claim) -> tuple[bool, int]:
+        try:
+            kv = await self.client.get(self._key(claim.vip))
+        except EtcdError:
+            return False, 0  # still unknown: the next resync or the lease's end settles it
+        if kv is not None and kv.value == self.node.encode() and kv.lease == claim.lease:
+            return True, kv.create_revision
+        return False, 0
 
     async def _release(self, vip: str) -> None:
         """One VIP given up while the lease lives on (Unbind ran before this task): delete the
         key with a release marker, so the next owner claims at once."""
         lease = self.core.lease
-        with contextlib.suppress(EtcdError):
+        try:
             if lease is None:
                 await self.client.delete_if(self._key(vip), self.node.encode())
             else:
                 await self.client.release(self._key(vip), self.node.encode(), self.released_prefix + vip.encode(), lease)
+        except EtcdError as exc:
+            log.warning("release_failed", vip=vip, error=str(exc))
+            self.core.releasing.discard(vip)  # asked again on the next decision
 
     def _key(self, vip: str) -> bytes:
         return self.owners_prefix + vip.encode()

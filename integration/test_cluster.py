@@ -124,6 +124,9 @@ def cluster(cluster_lab: tuple[Lab, LabEtcd]) -> Iterator[dict[str, LbdNode]]:
     for node in nodes.values():
         node.extra = extra  # type: ignore[attr-defined]
         node.start(*extra)
+    # A member claims nothing for half a TTL after it joins (the others' records arrive
+    # meanwhile): a test that starts earlier measures that settling, not what it means to.
+    time.sleep(LEASE_TTL / 2 + 0.1)
     yield nodes
     for node in nodes.values():
         if node.proc is not None and node.proc.poll() is None:
@@ -217,7 +220,7 @@ def test_sigterm_hands_over_at_once(cluster: dict[str, LbdNode]) -> None:
     handover = min(_unix(e["timestamp"]) for e in acquired) - stopped
     print(f"\nSIGTERM -> the next owner holds the VIP: {handover * 1000:.0f} ms; "
           f"-> first good reply through it: {(answered - stopped) * 1000:.0f} ms")
-    assert handover < LEASE_TTL / 2  # at once, not after a lease: the goal is < 100 ms
+    assert handover < LEASE_TTL / 4  # at once, not after a grace or a lease: the goal is < 100 ms
 
 
 def test_a_frozen_owner_stops_answering_arp_at_its_deadline(cluster: dict[str, LbdNode]) -> None:

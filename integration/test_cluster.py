@@ -32,39 +32,17 @@ LEASE_TTL = 1
 KILLS = 10
 
 # A client loop in the client's namespace: one HTTP request at a time through the VIP, each with
-# short timeouts, until one is answered by a backend; prints when (Unix time) and how many failed.
-PROBE = textwrap.dedent("""
-    import socket, sys, time
-    ip, port, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    deadline, failed = time.monotonic() + limit, 0
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((ip, port), timeout=0.05) as s:
-                s.settimeout(0.5)
-                s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
-                data = b""
-                while chunk := s.recv(4096):
-                    data += chunk
-            if b" 200 " in data.split(b"\\r\\n", 1)[0]:
-                print(time.time(), failed, flush=True)
-                sys.exit(0)
-        except OSError:
-            pass
-        failed += 1
-        time.sleep(0.01)
-    sys.exit(1)
-""")
-
-
-# A client loop for a fixed time: sequential requests, each with a deadline; prints the counts.
-LOOP = textwrap.dedent("""
+# a deadline. "first": until one is answered by a backend (prints when, Unix time, and how many
+# failed before); "for": for the given seconds (prints the counts and the first errors).
+CLIENT = textwrap.dedent("""
     import json, socket, sys, time
-    ip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    mode, ip, port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    connect, read = (0.05, 0.5) if mode == "first" else (2, 2)
     end, ok, failed, errors = time.monotonic() + seconds, 0, 0, []
     while time.monotonic() < end:
         try:
-            with socket.create_connection((ip, port), timeout=2) as s:
-                s.settimeout(2)
+            with socket.create_connection((ip, port), timeout=connect) as s:
+                s.settimeout(read)
                 s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
                 data = b""
                 while chunk := s.recv(4096):
@@ -72,12 +50,17 @@ LOOP = textwrap.dedent("""
             good = b" 200 " in data.split(b"\\r\\n", 1)[0]
         except OSError as exc:
             good, data = False, repr(exc).encode()
+        if good and mode == "first":
+            print(time.time(), failed, flush=True)
+            sys.exit(0)
         if good:
             ok += 1
         else:
             failed += 1
             errors.append((round(time.time(), 3), data[:80].decode(errors="replace")))
-        time.sleep(0.02)
+        time.sleep(0.01 if mode == "first" else 0.02)
+    if mode == "first":
+        sys.exit(1)
     print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:10]}))
 """)
 ETCD_OUTAGE = 30.0
@@ -167,7 +150,7 @@ def settled_owner(nodes: dict[str, LbdNode], service: str, timeout: float = 10.0
 
 
 def probe(lab: Lab, ip: str, port: int = 80, limit: float = 10.0) -> tuple[float, int]:
-    out = lab.exec("client", [sys.executable, "-c", PROBE, ip, str(port), str(limit)], timeout=limit + 10)
+    out = lab.exec("client", [sys.executable, "-c", CLIENT, "first", ip, str(port), str(limit)], timeout=limit + 10)
     assert out.returncode == 0, f"no good reply through {ip}:{port} within {limit} s: {out.stderr}"
     when, failed = out.stdout.split()
     return float(when), int(failed)
@@ -301,7 +284,7 @@ def test_an_etcd_outage_with_every_node_alive_fails_no_request(
 ) -> None:
     lab, etcd = cluster_lab
     owner, vip = settled_owner(cluster, "web")
-    client = lab.popen("client", [sys.executable, "-c", LOOP, vip, "80", str(ETCD_OUTAGE + 5)],
+    client = lab.popen("client", [sys.executable, "-c", CLIENT, "for", vip, "80", str(ETCD_OUTAGE + 5)],
                        stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)

@@ -24,6 +24,7 @@ from lbd.cluster.fencing import Action, Bind, DropReason, Fence, Unbind
 from lbd.cluster.gate import ClusterGate
 from lbd.cluster.member import ClusterMember
 from lbd.cluster.peers import DEFAULT_PORT, local_address_towards
+from lbd.errors import CannotStart
 from lbd.events import EventLog
 from lbd.model import IPAddress
 from lbd.net.fence import ArpFence, NftError
@@ -46,9 +47,8 @@ class ClusterNode:
     ) -> None:
         self.node = node
         self.client = EtcdClient(endpoints)
-        peer = (local_address_towards(endpoints[0]), peer_port)
-        self.member = ClusterMember(self.client, node, self._on_actions, prefix=prefix.encode(), ttl=lease_ttl,
-                                    peer=peer)
+        self.peer_port = peer_port
+        self.member = ClusterMember(self.client, node, self._on_actions, prefix=prefix.encode(), ttl=lease_ttl)
         self.member.on_seen = on_change  # a peer's VIP changed hands: the NODE column follows
         self.gate = ClusterGate(self.member)
         self.fence = fence  # made at start: a missing libnftables is a start_failed line, not a traceback
@@ -60,6 +60,10 @@ class ClusterNode:
         self._stopped = False
 
     async def start(self) -> None:
+        try:  # members ask each other on the address this node reaches etcd from
+            self.member.peer = (local_address_towards(self.client.endpoints[0]), self.peer_port)
+        except OSError as exc:
+            raise CannotStart(f"--etcd-endpoints {self.client.endpoints[0]}: no route to it ({exc})") from exc
         if self.fence is None:
             self.fence = ArpFence()
         self.fence.install()

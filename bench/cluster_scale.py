@@ -76,11 +76,16 @@ async def bench(url: str, nodes: int, vips: int, ttl: int, limit: float) -> dict
         return record
 
     async def until(check, what: str) -> float:
-        started = loop.time()
+        started = reported = loop.time()
         while not check():
             if loop.time() - started > limit:
                 raise TimeoutError(f"{what}: not within {limit} s")
             await asyncio.sleep(0.05)
+            if loop.time() - reported >= 10:
+                reported = loop.time()
+                print(f"{what}: {reported - started:.0f} s, {sum(len(a) == 1 for a in answering.values())} VIPs "
+                      f"answered by one node, {sum(m.core.lease is not None for m in members)} leases, "
+                      f"{sum(m.failsafe_active for m in members)} in failsafe, etcd calls {dict(CALLS)}", file=sys.stderr)
         return loop.time() - started
 
     prefix = f"/lbd-scale-{time.time_ns()}/".encode()

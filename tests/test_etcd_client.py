@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.cluster.etcd import Compacted, EtcdClient, Unavailable, WatchEvent, prefix_end
+from lbd.cluster.etcd import MAX_TXN_KEYS, Compacted, EtcdClient, Unavailable, WatchEvent, prefix_end
 from lbd.lab.backend import die_with_parent
 from lbd.loop import run
 
@@ -114,6 +114,25 @@ def test_create_is_exclusive_and_a_key_goes_with_its_lease(etcd: str) -> None:
             await c.close()
 
     assert run(main()) == [True, False, [(b"/t/vip/a", b"node-1", True)], False, []]
+
+
+def test_claim_many_creates_all_in_one_revision_or_none_and_names_the_taken(etcd: str) -> None:
+    async def main() -> list[object]:
+        c = EtcdClient([etcd])
+        try:
+            lease, _ = await c.grant(5)
+            keys = [b"/m/vip/%d" % i for i in range(MAX_TXN_KEYS)]
+            taken, revision = await c.claim_many(keys[:3], b"node-1", lease)
+            _, held = await c.range(b"/m/vip/")
+            again, _ = await c.claim_many(keys, b"node-2", lease)  # 3 of the 64 exist: none is made
+            _, after = await c.range(b"/m/vip/")
+            await c.revoke(lease)
+            return [taken, sorted({kv.create_revision for kv in held}) == [revision],
+                    [kv.value for kv in held], again, len(after)]
+        finally:
+            await c.close()
+
+    assert run(main()) == [set(), True, [b"node-1"] * 3, {b"/m/vip/0", b"/m/vip/1", b"/m/vip/2"}, 3]
 
 
 def test_a_watch_sees_claims_and_releases_and_a_compacted_start_raises(etcd: str) -> None:

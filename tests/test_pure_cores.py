@@ -19,6 +19,7 @@ PURE = [
     "ownership.py",
     "cluster/fencing.py",
     "cluster/gate.py",
+    "cluster/candidacy.py",
     "plan.py",
     "status.py",
     "views.py",

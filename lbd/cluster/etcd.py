@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 DEFAULT_TIMEOUT = 1.0  # seconds per unary call, all endpoints included
+MAX_TXN_KEYS = 64  # keys per transaction; etcd's --max-txn-ops is 128 by default
 
 
 class EtcdError(Exception):
@@ -171,6 +172,22 @@ class EtcdClient:
             "success": [{"request_put": put}],
         })
         return bool(data.get("succeeded")), int(data["header"]["revision"])
+
+    async def claim_many(self, keys: Sequence[bytes], value: bytes, lease: int) -> tuple[set[bytes], int]:
+        """Create every key in one transaction if none exists (at most MAX_TXN_KEYS): (the keys
+        found taken, none if it succeeded; the store's revision, the keys' create revision if
+        it did). One revision for many keys is one watch event per watcher, not one per key."""
+        compare = [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0} for key in keys]
+        data = await self._call("/kv/txn", {
+            "compare": compare,
+            "success": [{"request_put": {"key": _b64(key), "value": _b64(value), "lease": lease}} for key in keys],
+            "failure": [{"request_range": {"key": _b64(key), "count_only": True}} for key in keys],
+        })
+        revision = int(data["header"]["revision"])
+        if data.get("succeeded"):
+            return set(), revision
+        counts = [int(r.get("response_range", {}).get("count", 0)) for r in data.get("responses", [])]
+        return {key for key, count in zip(keys, counts, strict=False) if count}, revision
 
     async def delete_if(self, key: bytes, value: bytes) -> bool:
         """Delete `key` only if it still holds `value` (a node releases only its own claim)."""

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -109,13 +109,18 @@ def preferred(vip: str, candidates: Iterable[str]) -> str | None:
     return min(candidates, key=lambda node: rank(node, vip), default=None)
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def position(vip: str, candidates: frozenset[str], node: str) -> int:
     """`node`'s place in the VIP's candidate order (0: preferred). The k-th candidate claims a
     free VIP after k grace periods, so a VIP whose preferred node is dead is not claimed by
     every other node at once (50 nodes, 5,000 VIPs: one claim each, not 49)."""
-    mine = rank(node, vip)
-    return sum(1 for other in candidates if rank(other, vip) < mine)
+    return _order(vip, candidates)[node]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _order(vip: str, candidates: frozenset[str]) -> dict[str, int]:
+    # Per VIP and candidate set, not per node too: a set's hash is computed once, and the
+    # shell hands the same set object to every VIP with the same candidates.
+    return {node: i for i, node in enumerate(sorted(candidates, key=lambda node: rank(node, vip)))}
 
 
 class NodeOwnership:
@@ -140,6 +145,8 @@ class NodeOwnership:
         self.releasing: set[str] = set()  # own keys asked to be deleted, until the watch shows it
         # Failsafe promises this node made: node -> until when it takes none of that node's VIPs.
         self.promises: dict[str, float] = {}
+        self.waiting: dict[str, float] = {}  # free VIPs this node will claim, and from when
+        self._full = True  # the next decision looks at every VIP
 
     # ---- the lease ------------------------------------------------------------------------------
 
@@ -147,6 +154,11 @@ class NodeOwnership:
         """A new lease (the granted TTL, which may be more than asked for)."""
         self.lease, self.ttl = lease, ttl
         self.deadline = sent_at + ttl - self.margin
+        self._full = True
+        # A VIP's wait counts again from now, in candidate order: after an outage that cost
+        # every node its lease, 50 nodes claiming 5,000 long-free VIPs each at once would bury
+        # the store (and each other's keepalives) under 250,000 transactions.
+        self.free_since.clear()
         return []
 
     def keepalive_due(self, last_sent: float) -> float:
@@ -183,19 +195,25 @@ class NodeOwnership:
         return frozenset(self.answering | self.claiming)
 
     def _promised(self, vip: str, now: float) -> bool:
+        return self._promise_end(vip, now) > now
+
+    def _promise_end(self, vip: str, now: float) -> float:
         owner = self.last_owner.get(vip)
-        return owner is not None and self.promises.get(owner, now) > now
+        return now if owner is None else self.promises.get(owner, now)
 
     def lease_lost(self) -> list[Action]:
         """A keepalive failed or the store no longer has the lease: stop answering now."""
         self.lease = None
         self.deadline = float("-inf")
         self.claiming.clear()
+        self._full = True
         return self._drop_all(DropReason.LEASE_LOST)
 
     def tick(self, now: float) -> list[Action]:
         """Time passed: past the deadline, nothing is answered (the fence expires then too)."""
         if self.answering and now >= self.deadline:
+            for vip in self.answering:  # its key may outlive the deadline: decided again later
+                self.waiting[vip] = now
             return self._drop_all(DropReason.DEADLINE)
         return []
 
@@ -206,53 +224,104 @@ class NodeOwnership:
 
     # ---- VIPs -----------------------------------------------------------------------------------
 
-    def want(self, candidates: Mapping[str, Sequence[str]], owners: Mapping[str, str | None],
-             now: float) -> list[Action]:
+    def want(self, candidates: Mapping[str, Collection[str]], owners: Mapping[str, str | None],
+             now: float, changed: Iterable[str] | None = None) -> list[Action]:
         """Given each VIP's candidates (nodes able to serve it now) and owner as last seen in
         the store (None: free), claim what this node should and give up what it should not hold.
 
         A node claims only a free VIP: one that comes back never takes a VIP from a healthy
         owner. The preferred candidate claims at once, the k-th in order after k x
         `claim_grace` (the ones before may be dead), and the store lets exactly one claim win.
+
+        `changed`: the VIPs whose candidates or owner changed since the last call. Only those
+        are looked at, with the ones whose wait is over (`next_due`): at 5,000 VIPs a decision
+        over all of them on every watch event was what one node spent its time on. None, or a
+        new lease since the last call: every VIP (`full_pass`).
         """
+        if changed is None:
+            self._full = True
+            changed = self.answering.copy()  # all that can be decided without a lease
+        vips = self.full_pass(candidates, owners, now)
+        if vips is None:
+            vips = sorted(changed)
+            if self.lease is not None and now < self.deadline:
+                vips += sorted(vip for vip, due in self.waiting.items() if due <= now)
         actions: list[Action] = []
-        for vip in sorted(self.answering):
-            if owners.get(vip) not in (None, self.node):
-                self.answering.discard(vip)
-                actions.append(Unbind(vip, DropReason.KEY_LOST))
-            elif self.node not in candidates.get(vip, ()):
-                self.answering.discard(vip)
-                self.releasing.add(vip)
-                actions += [Unbind(vip, DropReason.NOT_WANTED), Release(vip)]
-        # A key naming this node that it does not answer for (dropped at its deadline while the
-        # lease lived on, or a claim's answer lost) would keep every node away: give it up.
-        for vip, owner in owners.items():
-            if owner == self.node and vip not in self.answering and vip not in self.claiming \
-                    and vip not in self.releasing:
-                self.releasing.add(vip)
-                actions.append(Release(vip))
-        if self.lease is None or now >= self.deadline:
-            return actions
-        for vip, nodes in candidates.items():
-            owner = owners.get(vip)
-            if owner is not None:
-                self.free_since.pop(vip, None)
-                continue
-            since = self.free_since.setdefault(vip, now)
-            if self.node not in nodes or vip in self.answering or vip in self.claiming:
-                continue
-            if self.hold_until.get(vip, now) > now or self._promised(vip, now):
-                continue
-            waited = now - since
-            if waited >= self.claim_grace * len(nodes) or \
-                    waited >= self.claim_grace * position(vip, frozenset(nodes), self.node):
-                self.claiming.add(vip)
-                actions.append(Claim(vip, self.lease))
-        for vip in [v for v in self.free_since if v not in candidates]:
-            del self.free_since[vip]
-        for vip in [v for v, until in self.hold_until.items() if until <= now]:
-            del self.hold_until[vip]
+        for vip in vips:
+            actions += self._decide(vip, candidates, owners.get(vip), now)
         return actions
+
+    def full_pass(self, candidates: Mapping[str, Collection[str]], owners: Mapping[str, str | None],
+                  now: float) -> list[str] | None:
+        """Every VIP, if a decision over all of them is due (a new lease, the keys read again:
+        `rescan`) and claims can be made now; else None. The shell may pass them to `want` a
+        slice at a time, so 5,000 VIPs do not hold its event loop for one long step."""
+        if not self._full or self.lease is None or now >= self.deadline:
+            return None
+        self._full = False
+        vips = set(candidates) | self.answering | set(self.waiting)
+        vips.update(vip for vip, owner in owners.items() if owner == self.node)
+        self.free_since = {vip: t for vip, t in self.free_since.items() if vip in candidates}
+        self.hold_until = {vip: t for vip, t in self.hold_until.items() if t > now}
+        return sorted(vips)
+
+    def rescan(self) -> None:
+        """The next decision looks at every VIP (the shell read every key again)."""
+        self._full = True
+
+    def _decide(self, vip: str, candidates: Mapping[str, Collection[str]], owner: str | None,
+                now: float) -> list[Action]:
+        if vip in self.answering:
+            if owner not in (None, self.node):
+                self.answering.discard(vip)
+                return [Unbind(vip, DropReason.KEY_LOST)]
+            if self.node not in candidates.get(vip, ()):
+                self.answering.discard(vip)
+                self.releasing.add(vip)
+                return [Unbind(vip, DropReason.NOT_WANTED), Release(vip)]
+            return []
+        if owner == self.node:
+            self.waiting.pop(vip, None)
+            # A key naming this node that it does not answer for (dropped at its deadline while
+            # the lease lived on, or a claim's answer lost) would keep every node away: give it up.
+            if vip not in self.claiming and vip not in self.releasing:
+                self.releasing.add(vip)
+                return [Release(vip)]
+            return []
+        # Owned by another: nothing to do, and no need to work out the candidates (the cheap
+        # case that most VIPs are in when a member's joining changes them all).
+        nodes = () if owner is not None else candidates.get(vip, ())
+        if not nodes:
+            self.free_since.pop(vip, None)
+            self.waiting.pop(vip, None)
+            return []
+        since = self.free_since.setdefault(vip, now)
+        if self.node not in nodes or vip in self.claiming:
+            self.waiting.pop(vip, None)
+            return []
+        if self.lease is None or now >= self.deadline:
+            self.waiting.setdefault(vip, now)  # looked at again once claims can be made
+            return []
+        held = max(self.hold_until.get(vip, now), self._promise_end(vip, now))
+        if held > now:
+            self.waiting[vip] = held
+            return []
+        due = since + self.claim_grace * position(vip, frozenset(nodes), self.node)
+        if now < due:
+            self.waiting[vip] = due
+            return []
+        self.waiting.pop(vip, None)
+        self.claiming.add(vip)
+        return [Claim(vip, self.lease)]
+
+    def next_due(self) -> float:
+        """When the next VIP's wait is over (a claim's grace, a hold, a promise): inf if none."""
+        return min(self.waiting.values(), default=float("inf"))
+
+    def release_failed(self, vip: str, now: float) -> None:
+        """A release got no answer: ask again on the next decision."""
+        self.releasing.discard(vip)
+        self.waiting[vip] = now
 
     def claimed(self, vip: str, won: bool, lease: int, now: float, revision: int = 0) -> list[Action]:
         """A claim's answer (`revision`: the store's, when the key was created). Won: the key is
@@ -260,6 +329,9 @@ class NodeOwnership:
         meanwhile, and if the watch has not already reported a later change of the key (deleted
         or taken while the answer was on its way)."""
         self.claiming.discard(vip)
+        # Looked at again on the next decision unless bound below: lost to another node (whose
+        # key is on its way), unanswered, or won too late.
+        self.waiting[vip] = now
         if not won:
             return []
         seen_revision, seen_owner = self.key_seen.get(vip, (0, None))
@@ -267,6 +339,7 @@ class NodeOwnership:
             return []
         if lease != self.lease or now >= self.deadline or self._promised(vip, now):
             return [Release(vip)] if lease == self.lease else []
+        self.waiting.pop(vip, None)
         self.answering.add(vip)
         return [Bind(vip, self.deadline)]
 

@@ -2,9 +2,12 @@
 
 The I/O shell around lbd.cluster.fencing.NodeOwnership (which decides) and
 lbd.cluster.etcd.EtcdClient (which talks). Keys under the prefix (default `/lbd/`):
-- `nodes/NODE`: a member and the VIPs it is a candidate for (JSON), on its lease: a node that
-  dies leaves the membership when its lease expires, one that stops gracefully at once. It is
-  written only when the candidacy changes, so etcd's load grows with nodes, not VIPs;
+- `nodes/NODE`: a member, on its lease: a node that dies leaves the membership when its lease
+  expires, one that stops gracefully at once. It names the VIPs the node is a candidate for by
+  a digest, and is written only when that set changes, so etcd's load grows with nodes, not VIPs;
+- `candidacies/DIGEST`: the VIP set (JSON) a digest stands for, created if absent before the
+  record naming it, on the creator's lease; gone with it, it is created again by any node
+  whose record names it. Nodes that load one config publish one set between them;
 - `owners/VIP`: the owner's node name, on its lease, created only if absent;
 - `released/VIP`: written in the same transaction that deletes an owner key a node gives up
   while it lives on (a reload, readiness): the others need not hold back as they must for a
@@ -16,8 +19,8 @@ Three loops:
 - the watch on the prefix: members and owners, resumed from the last revision + 1, read again
   in full after a compaction; a key deleted while its owner's lease lives is held back a TTL;
 - the clock: at the deadline every VIP is dropped, and claims wait out their grace.
-A VIP's candidates are the members whose record lists it; this node's own candidacy (`want`)
-counts at once, before its record round-trips.
+A VIP's candidates are the members whose record names a set holding it; this node's own
+candidacy (`want`) counts at once, before its record round-trips.
 Claims and releases run as their own tasks. Bind, Fence and Unbind go to `on_actions` (the
 daemon's presence: address, gratuitous ARP, kernel fence).
 """
@@ -25,16 +28,15 @@ daemon's presence: address, gratuitous ARP, kernel fence).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import json
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
 
-from lbd.cluster.etcd import Compacted, EtcdClient, EtcdError, Unavailable, WatchEvent
+from lbd.cluster.candidacy import CandidacyIndex, NodeRecord, candidacy_digest, decode_vips, encode_vips
+from lbd.cluster.etcd import MAX_TXN_KEYS, Compacted, EtcdClient, EtcdError, Unavailable, WatchEvent
 from lbd.cluster.fencing import (
     KEEPALIVES_PER_TTL,
     Action,
@@ -54,31 +56,7 @@ MAX_BACKOFF = 5.0  # the longest wait between grants while etcd is unreachable
 DEFAULT_MARGIN = 0.2  # seconds below the TTL; see lbd.cluster.fencing
 CLAIMS_IN_FLIGHT = 16
 DECIDE_DELAY = 0.01  # seconds a decision waits for more watch events (a handover's cost)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """A member as its `nodes/` key says: the VIPs it can serve now and its lease's TTL."""
-
-    vips: frozenset[str]
-    ttl: int
-    peer: tuple[str, int] | None = None  # where it answers failsafe asks (lbd.cluster.peers)
-
-    def encode(self) -> bytes:
-        data: dict[str, Any] = {"vips": sorted(self.vips), "ttl": self.ttl}
-        if self.peer is not None:
-            data["peer"] = list(self.peer)
-        return json.dumps(data, separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> NodeRecord:
-        try:
-            data = json.loads(raw)
-            peer = data.get("peer")
-            return cls(frozenset(str(v) for v in data.get("vips", ())), int(data.get("ttl", 0)),
-                       (str(peer[0]), int(peer[1])) if peer else None)
-        except (ValueError, TypeError, AttributeError, IndexError):
-            return cls(frozenset(), 0)  # a record lbd did not write: a member with no candidacy
+DECIDE_SLICE = 256  # VIPs decided per loop step (about 1 ms)
 
 
 class ClusterMember:
@@ -100,22 +78,23 @@ class ClusterMember:
         self.prefix = prefix
         self.owners_prefix = prefix + b"owners/"
         self.nodes_prefix = prefix + b"nodes/"
+        self.candidacies_prefix = prefix + b"candidacies/"
+        self.own_digest = ""  # the candidacy set this node's record names
         self.released_prefix = prefix + b"released/"
         self.freed_at: dict[str, float] = {}  # VIP -> when its owner key was last seen deleted
         self.requested_ttl = ttl
         self.core = NodeOwnership(node, margin=margin, claim_grace=ttl / 2 if claim_grace is None else claim_grace)
-        self.candidacy: frozenset[str] = frozenset()  # the VIPs this node can serve now
-        self.nodes: dict[str, NodeRecord] = {}  # the members, as the store has them
+        self.index = CandidacyIndex(node)  # who can serve what (lbd.cluster.candidacy)
         self.owners: dict[str, str | None] = {}
         self.connected = False  # a lease is held and the keys were read
-        # VIP -> the other members listing it, kept up to date record by record (50 members of
-        # 5,000 VIPs each would cost 250,000 steps to rebuild on every change).
-        self._others: dict[str, set[str]] | None = None
-        self._candidates: dict[str, Sequence[str]] | None = None  # candidates(), until something changes
+        self._changed: set[str] = set()  # VIPs whose owner or candidates changed since the last decision
         self._record_lock = asyncio.Lock()
-        # A cold start claims hundreds of VIPs: a few at a time, not a burst that times out.
-        self._claims_in_flight = asyncio.Semaphore(CLAIMS_IN_FLIGHT)
+        # A cold start claims hundreds of VIPs: a few at a time, not a burst that times out
+        # (and a queue, not a task per claim waiting its turn).
+        self._claims: collections.deque[Claim] = collections.deque()
+        self._claimers = 0
         self._settle_until = float("inf")  # no claims before start() has read the members
+        self._pending: list[str] = []  # VIPs to decide over, DECIDE_SLICE at a time
         self._decide_handle: asyncio.TimerHandle | None = None
         self.on_seen: Callable[[], None] = lambda: None  # owners or members changed (the status shows them)
         self.peer = peer
@@ -176,9 +155,8 @@ class ClusterMember:
     def want(self, vips: Iterable[str]) -> None:
         """The VIPs this node can serve now (listeners open, readiness allows): its candidacy."""
         candidacy = frozenset(vips)
-        if candidacy != self.candidacy:
-            self.candidacy = candidacy
-            self._candidates = None
+        if candidacy != self.index.mine:
+            self._changed |= self.index.set_mine(candidacy)
             if self.connected:
                 self._spawn(self._write_record())
         self._decide_soon()
@@ -192,23 +170,13 @@ class ClusterMember:
     def owner_of(self, vip: str) -> str | None:
         return self.owners.get(vip)
 
-    def candidates(self) -> dict[str, Sequence[str]]:
-        """VIP -> the members that can serve it now (this node by its own word, the others by
-        their records)."""
-        if self._candidates is not None:
-            return self._candidates
-        if self._others is None:
-            others: defaultdict[str, set[str]] = defaultdict(set)
-            for node, record in self.nodes.items():
-                if node != self.node:
-                    for vip in record.vips:
-                        others[vip].add(node)
-            self._others = dict(others)
-        out: dict[str, Sequence[str]] = {vip: tuple(nodes) for vip, nodes in self._others.items() if nodes}
-        for vip in self.candidacy:
-            out[vip] = (*self._others.get(vip, ()), self.node)
-        self._candidates = out
-        return out
+    @property
+    def nodes(self) -> Mapping[str, NodeRecord]:
+        """The members, as the store has them."""
+        return self.index.records
+
+    def candidacy_of(self, node: str) -> frozenset[str]:
+        return self.index.candidacy_of(node)
 
     # ---- the loops --------------------------------------------------------------------------------
 
@@ -236,8 +204,14 @@ class ClusterMember:
             lease = self.core.lease
             if lease is None or self._closing:
                 return
-            record = NodeRecord(self.candidacy, int(self.core.ttl), self.peer)
+            vips = self.index.mine
+            digest = candidacy_digest(vips)
+            self.index.published[digest] = vips
+            self.own_digest = digest
+            record = NodeRecord(digest, int(self.core.ttl), self.peer)
             try:
+                if digest:  # before the record, so every reader knows the set when the record comes
+                    await self.client.create(self.candidacies_prefix + digest.encode(), encode_vips(vips), lease)
                 await self.client.put(self.nodes_prefix + self.node.encode(), record.encode(), lease)
             except EtcdError as exc:
                 log.warning("node_record_failed", error=str(exc))  # the next lease or change writes it
@@ -292,7 +266,7 @@ class ClusterMember:
             now = self.loop.time()
             self._execute(self.core.tick(now))
             self._decide()
-            wait = self.core.claim_grace / 2
+            wait = min(self.core.claim_grace / 2, max(0.0, self.core.next_due() - now))
             if self.core.answering:
                 wait = min(wait, max(0.0, self.core.deadline - now))
             self._wake.clear()
@@ -306,9 +280,12 @@ class ClusterMember:
         revision, kvs = await self.client.range(self.prefix)
         seen = {kv.key[len(self.owners_prefix):].decode(): kv.value.decode()
                 for kv in kvs if kv.key.startswith(self.owners_prefix)}
-        self.nodes = {kv.key[len(self.nodes_prefix):].decode(): NodeRecord.decode(kv.value)
-                      for kv in kvs if kv.key.startswith(self.nodes_prefix)}
-        self._others = self._candidates = None
+        self.index.load(
+            {kv.key[len(self.nodes_prefix):].decode(): NodeRecord.decode(kv.value)
+             for kv in kvs if kv.key.startswith(self.nodes_prefix)},
+            {kv.key[len(self.candidacies_prefix):].decode(): decode_vips(kv.value)
+             for kv in kvs if kv.key.startswith(self.candidacies_prefix)})
+        self.core.rescan()
         for kv in kvs:  # keys naming this node under an earlier lease (a restart): give them up
             if kv.key.startswith(self.owners_prefix) and kv.value == self.node.encode() and kv.lease != self.core.lease:
                 self._spawn(self.client.delete_if(kv.key, kv.value))
@@ -332,6 +309,9 @@ class ClusterMember:
                         if event.kv.key.startswith(self.nodes_prefix):
                             self._member_changed(event)
                             continue
+                        if event.kv.key.startswith(self.candidacies_prefix):
+                            self._candidacy_published(event)
+                            continue
                         if not event.kv.key.startswith(self.owners_prefix):
                             continue
                         vip = event.kv.key[len(self.owners_prefix):].decode()
@@ -341,6 +321,7 @@ class ClusterMember:
                                                 event.kv.mod_revision, alive)
                         else:
                             self.owners[vip] = event.kv.value.decode()
+                            self._changed.add(vip)
                             self._execute(self.core.owner_seen(vip, self.owners[vip], revision=event.kv.mod_revision))
                     self._decide_soon()
                     self.on_seen()
@@ -356,19 +337,18 @@ class ClusterMember:
 
     def _member_changed(self, event: WatchEvent) -> None:
         node = event.kv.key[len(self.nodes_prefix):].decode()
-        old = self.nodes.pop(node, None)
-        if event.kind != "DELETE":
-            self.nodes[node] = NodeRecord.decode(event.kv.value)
-        before = old.vips if old is not None else frozenset()
-        after = self.nodes[node].vips if node in self.nodes else frozenset()
-        if before == after:
+        record = None if event.kind == "DELETE" else NodeRecord.decode(event.kv.value)
+        self._changed |= self.index.record_changed(node, record)
+
+    def _candidacy_published(self, event: WatchEvent) -> None:
+        digest = event.kv.key[len(self.candidacies_prefix):].decode()
+        if event.kind == "DELETE":
+            # It went with its writer's lease; the set is kept for the records naming it, and
+            # this node publishes it again if it is its own (for members that start later).
+            if digest == self.own_digest and self.connected:
+                self._spawn(self._write_record())
             return
-        self._candidates = None
-        if self._others is not None and node != self.node:
-            for vip in before - after:
-                self._others[vip].discard(node)
-            for vip in after - before:
-                self._others.setdefault(vip, set()).add(node)
+        self._changed |= self.index.set_published(digest, decode_vips(event.kv.value))
 
     async def _deleted(self, vip: str, lease: int, revision: int, alive: dict[int, bool]) -> None:
         """A key went: by its lease's expiry (the owner is past its deadline), or under a live
@@ -383,30 +363,48 @@ class ClusterMember:
             if alive[lease]:
                 hold_until = self.loop.time() + max(self.core.ttl, self.requested_ttl)
         self.owners[vip] = None
+        self._changed.add(vip)
         self.freed_at[vip] = self.loop.time()
         self._execute(self.core.owner_seen(vip, None, hold_until=hold_until, revision=revision))
 
     # ---- decisions and their execution ------------------------------------------------------------
 
-    def _decide_soon(self) -> None:
-        """Decide once for a burst of changes: a decision looks at every VIP, and a cold start
-        or a node's death brings a watch batch per claim."""
+    def _decide_soon(self, delay: float = DECIDE_DELAY) -> None:
+        """Decide once for a burst of changes: a cold start or a node's death brings a watch
+        batch per claim."""
         if self._decide_handle is None:
-            self._decide_handle = self.loop.call_later(DECIDE_DELAY, self._decide)
+            self._decide_handle = self.loop.call_later(delay, self._decide)
 
     def _decide(self) -> None:
+        """Decide over what changed, DECIDE_SLICE VIPs per loop step: a member joining changes
+        every VIP's candidates, and a pass over 5,000 VIPs would hold the loop (the relay's
+        too) for tens of milliseconds."""
         if self._decide_handle is not None:
             self._decide_handle.cancel()
             self._decide_handle = None
         if self._closing or self.loop.time() < self._settle_until:
             return
-        self._execute(self.core.want(self.candidates(), self.owners, self.loop.time()))
+        now = self.loop.time()
+        everything = self.core.full_pass(self.index, self.owners, now)
+        if everything is not None:
+            self._pending = everything
+        elif self._changed:  # ahead of a backlog: a handover's VIP should not wait behind 5,000
+            self._pending[:0] = sorted(self._changed)
+        self._changed.clear()
+        batch = self._pending[:DECIDE_SLICE]
+        del self._pending[:DECIDE_SLICE]
+        if self._pending:
+            self._decide_soon(0)
+        self._execute(self.core.want(self.index, self.owners, now, batch))
 
     def _execute(self, actions: list[Action]) -> None:
         local: list[Action] = []
         for action in actions:
             if isinstance(action, Claim):
-                self._spawn(self._claim(action))
+                self._claims.append(action)
+                if self._claimers < CLAIMS_IN_FLIGHT:
+                    self._claimers += 1
+                    self._spawn(self._claimer())
             elif isinstance(action, Release):
                 self._spawn(self._release(action.vip))
             else:
@@ -421,19 +419,45 @@ class ClusterMember:
             if any(isinstance(a, (Bind, Fence)) for a in local):
                 self._wake.set()  # the clock loop re-reads the deadline
 
-    async def _claim(self, claim: Claim) -> None:
+    async def _claimer(self) -> None:
         try:
-            async with self._claims_in_flight:
-                if claim.lease != self.core.lease or self.loop.time() >= self.core.deadline:
-                    won, revision = False, 0  # queued behind others while the lease was lost
+            while self._claims:
+                batch = [self._claims.popleft()]
+                while self._claims and len(batch) < MAX_TXN_KEYS and self._claims[0].lease == batch[0].lease:
+                    batch.append(self._claims.popleft())
+                await self._claim(batch)
+        finally:
+            self._claimers -= 1
+
+    async def _claim(self, claims: list[Claim]) -> None:
+        """Claims made under one lease, in one transaction: a cold start's hundreds of claims
+        are a few revisions, so every member's watch gets a few events, not one per VIP. If a
+        key is taken, none is created: the free ones go again."""
+        lease = claims[0].lease
+        results: dict[str, tuple[bool, int]] = {}
+        if lease != self.core.lease or self.loop.time() >= self.core.deadline:
+            results = {claim.vip: (False, 0) for claim in claims}  # queued while the lease was lost
+        else:
+            by_key = {self._key(claim.vip): claim for claim in claims}
+            try:
+                taken, revision = await self.client.claim_many(list(by_key), self.node.encode(), lease)
+                results = {by_key[key].vip: (False, revision) for key in taken}
+                if taken:
+                    self._claims.extendleft(reversed([c for key, c in by_key.items() if key not in taken]))
                 else:
-                    won, revision = await self.client.claim(self._key(claim.vip), self.node.encode(), claim.lease)
-        except EtcdError as exc:
-            # No answer is not a no: the transaction may have landed. A key left naming this
-            # node under its live lease would keep everyone else away while nobody answers.
-            won, revision = await self._landed(claim)
-            log.warning("claim_failed", vip=claim.vip, error=str(exc), landed=won)
-        self._execute(self.core.claimed(claim.vip, won, claim.lease, self.loop.time(), revision))
+                    results = {claim.vip: (True, revision) for claim in claims}
+            except EtcdError as exc:
+                # No answer is not a no: the transaction may have landed. A key left naming this
+                # node under its live lease would keep everyone else away while nobody answers.
+                for claim in claims:
+                    results[claim.vip] = await self._landed(claim)
+                log.warning("claim_failed", vips=len(claims), error=str(exc),
+                            landed=sum(won for won, _ in results.values()))
+        now = self.loop.time()
+        for vip, (won, revision) in results.items():
+            self._execute(self.core.claimed(vip, won, lease, now, revision))
+        if not all(won for won, _ in results.values()):
+            self._decide_soon()  # looked at again (lost to another, its key on the way, or unanswered)
 
     async def _landed(self, claim: Claim) -> tuple[bool, int]:
         try:
@@ -455,7 +479,8 @@ class ClusterMember:
                 await self.client.release(self._key(vip), self.node.encode(), self.released_prefix + vip.encode(), lease)
         except EtcdError as exc:
             log.warning("release_failed", vip=vip, error=str(exc))
-            self.core.releasing.discard(vip)  # asked again on the next decision
+            self.core.release_failed(vip, self.loop.time())
+            self._decide_soon()
 
     def _key(self, vip: str) -> bytes:
         return self.owners_prefix + vip.encode()

@@ -156,7 +156,7 @@ class ClusterNode:
                 "name": name,
                 "self": name == self.node,
                 "leaseTTL": self.member.nodes[name].ttl if name in self.member.nodes else None,
-                "candidateFor": len(self.member.nodes[name].vips) if name in self.member.nodes else 0,
+                "candidateFor": len(self.member.candidacy_of(name)),
                 "vips": sorted(owned.get(name, ()), key=_ip_order),
             }
             for name in sorted(names)

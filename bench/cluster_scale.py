@@ -132,7 +132,7 @@ async def bench(url: str, nodes: int, vips: int, ttl: int, limit: float) -> dict
         except TimeoutError:
             orphans = [v for v in lost if len(answering[v]) != 1]
             m = members[0]
-            print("orphans", len(orphans), [(v, m.owners.get(v), sorted(answering[v]), m.candidates().get(v))
+            print("orphans", len(orphans), [(v, m.owners.get(v), sorted(answering[v]), sorted(m.index.get(v, ())))
                                              for v in orphans[:3]], file=sys.stderr)
             raise
         out["failover_from_kill_s"] = loop.time() - killed

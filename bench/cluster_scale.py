@@ -22,10 +22,7 @@ import argparse
 import asyncio
 import collections
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,8 +33,7 @@ sys.path.insert(0, str(ROOT))
 from lbd.cluster.etcd import EtcdClient  # noqa: E402
 from lbd.cluster.fencing import Action, Bind, Unbind  # noqa: E402
 from lbd.cluster.member import ClusterMember  # noqa: E402
-from lbd.lab.backend import die_with_parent  # noqa: E402
-from lbd.lab.etcd import etcd_binary  # noqa: E402
+from lbd.lab.etcd import FAST, loopback_etcd  # noqa: E402
 from lbd.loop import run  # noqa: E402
 
 CALLS: collections.Counter[str] = collections.Counter()
@@ -47,14 +43,6 @@ class CountingClient(EtcdClient):
     async def _call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         CALLS[path] += 1
         return await super()._call(path, body, timeout)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def bench(url: str, nodes: int, vips: int, ttl: int, limit: float) -> dict[str, float]:
@@ -159,26 +147,9 @@ def main() -> None:
     import structlog
     # A line per VIP and node would be the bench's main cost: warnings only.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    binary = etcd_binary()
-    if binary is None:
-        sys.exit("etcd is not installed (scripts/setup.sh installs etcd-server)")
-    data = Path(tempfile.mkdtemp(prefix="lbd-cluster-scale-"))
-    port, peer = free_port(), free_port()
-    url, peer_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer}"
-    etcd = subprocess.Popen(
-        ["taskset", "-c", "0", binary, "--name", "s", "--data-dir", str(data / "d"), "--listen-client-urls", url,
-         "--advertise-client-urls", url, "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-         "--initial-cluster", f"s={peer_url}", "--heartbeat-interval", "50", "--election-timeout", "500"],
-        stdout=subprocess.DEVNULL, stderr=open(data / "etcd.log", "wb"), start_new_session=True,
-        preexec_fn=die_with_parent)
-    try:
-        time.sleep(2)
+    with loopback_etcd(*FAST, cpu=0) as (url, _):
         os.sched_setaffinity(0, {1})
         result = run(bench(url, a.nodes, a.vips, a.ttl, a.limit))
-    finally:
-        etcd.kill()
-        etcd.wait(10)
-        shutil.rmtree(data, ignore_errors=True)
     lines = [f"cluster scale, one run (`{' '.join(sys.argv[1:])}`): {a.nodes} simulated nodes, {a.vips} VIPs, "
              f"lease TTL {a.ttl} s, one etcd member on CPU 0, every node in one process on CPU 1:", "",
              "| metric | value |", "|---|---|"]

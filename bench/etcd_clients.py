@@ -20,21 +20,15 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ETCD = ROOT / ".venv/etcd/usr/bin/etcd"
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from lbd.lab.etcd import loopback_etcd  # noqa: E402
 
 
 def rss_kib() -> int:
@@ -107,16 +101,7 @@ def main() -> None:
     if a.child:
         child(a.child[0], a.child[1], int(a.child[2]), a.n)
         return
-    data = Path(tempfile.mkdtemp(prefix="lbd-etcd-bench-"))
-    port, peer = free_port(), free_port()
-    url, peer_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer}"
-    etcd = subprocess.Popen(
-        ["taskset", "-c", "0", str(ETCD), "--name", "b", "--data-dir", str(data / "d"), "--listen-client-urls", url,
-         "--advertise-client-urls", url, "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-         "--initial-cluster", f"b={peer_url}"],
-        stdout=subprocess.DEVNULL, stderr=open(data / "etcd.log", "wb"), start_new_session=True)
-    try:
-        time.sleep(2)
+    with loopback_etcd(cpu=0) as (url, port):
         results = {}
         for which in ("gateway", "aetcd"):
             out = subprocess.run([sys.executable, __file__, "--n", str(a.n), "--child", which, url, str(port)],
@@ -125,9 +110,6 @@ def main() -> None:
                 print(f"{which}: failed: {out.stderr[-500:]}", file=sys.stderr)
                 continue
             results[which] = json.loads(out.stdout.strip().splitlines()[-1])
-    finally:
-        etcd.kill()
-        etcd.wait(10)
     names = list(results)
     metrics = list(next(iter(results.values())))
     lines = [f"etcd clients, one run (`{' '.join(sys.argv)}`, {a.n} sequential calls each, etcd on CPU 0, "
